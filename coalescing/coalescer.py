@@ -1,0 +1,303 @@
+"""The read path, in one place, and nothing else.
+
+    memory -> (Redis) -> database -> join the call in flight
+           -> serve stale and start one refresh -> lead the upstream call
+
+The caller reads the memory tier itself (the hit path: one dict lookup, no
+I/O). Everything below runs inside a single flight per key, so however many
+requests miss at once, one greenlet per process reads the lower tiers and
+calls the upstream. A value found lower down is written back up. A failing
+tier is a miss, logged once per outage and counted, never a caller's error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import metrics
+from .entry import Entry, Policy, State
+from .singleflight import FlightTimeout, SingleFlight
+from .tiers.base import Tier
+from .upstream import (
+    UpstreamBadBody,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamRequest,
+    UpstreamTimeout,
+)
+
+log = logging.getLogger("coalescing")
+
+NOT_FOUND_BODY = b'{"detail":"Not found"}'
+#: How much longer than the upstream budget a waiter waits before giving up.
+WAIT_MARGIN_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lookup:
+    """One request, reduced to what the cache needs: everything else is dropped."""
+
+    endpoint: str
+    key: str
+    key_hash: str
+    name: str
+    policy: Policy
+    request: UpstreamRequest
+    content_type: str
+    validate_body: Callable[[bytes], None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one flight produced; shared by every waiter of the flight."""
+
+    entry: Entry | None
+    source: str  # a tier name, or "upstream"
+    error: UpstreamError | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    """What one caller gets; each caller builds its own response from it."""
+
+    entry: Entry | None
+    x_cache: str  # HIT, STALE, MISS, COALESCED, or "" for an error
+    source: str
+    error: UpstreamError | None = None
+    policy: Policy | None = None
+
+
+class TierGuard:
+    """Turns a tier's failure into a miss: counted always, logged once per outage."""
+
+    def __init__(self, tier: Tier) -> None:
+        self.tier = tier
+        self.down = False
+
+    def call(self, op: str, fn: Callable[[], Any]) -> Any:
+        try:
+            result = fn()
+        except Exception as exc:
+            metrics.TIER_ERRORS.labels(self.tier.name, op).inc()
+            if not self.down:
+                self.down = True
+                log.warning(
+                    "coalescing: %s tier failing (%s), treated as a miss", self.tier.name, exc
+                )
+            return None
+        if self.down:
+            self.down = False
+            log.warning("coalescing: %s tier is back", self.tier.name)
+        return result
+
+
+class Coalescer:
+    def __init__(
+        self,
+        memory: Tier,
+        lower_tiers: Sequence[Tier],
+        client: UpstreamClient,
+        *,
+        upstream_timeout: float,
+        max_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.memory = memory
+        #: Every tier, fastest first; the memory tier is read directly on the hit path.
+        self.tiers = [TierGuard(memory)] + [TierGuard(t) for t in lower_tiers]
+        self.client = client
+        self.upstream_timeout = upstream_timeout
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.flights: SingleFlight[Outcome] = SingleFlight()
+
+    # -- the caller's side ----------------------------------------------------
+
+    def get(self, lk: Lookup) -> Answer:
+        entry = self.memory.get(lk.key_hash)
+        if entry is not None:
+            state = lk.policy.state(entry, self.clock())
+            if state is State.FRESH:
+                return self._answer(lk, entry, "HIT", "memory")
+            if state is State.STALE:
+                self.refresh(lk)
+                return self._answer(lk, entry, "STALE", "memory")
+            if state is State.DEAD:
+                self.memory.delete(lk.key_hash)
+        flight, started = self.flights.start(lk.key_hash, lambda: self._load(lk, force=False))
+        if not started:
+            metrics.COALESCED.labels(lk.endpoint).inc()
+        try:
+            outcome = flight.result(self.upstream_timeout + WAIT_MARGIN_S)
+        except FlightTimeout:
+            metrics.WAIT_TIMEOUTS.labels(lk.endpoint).inc()
+            return self._give_up(lk)
+        return self._from_outcome(lk, outcome, started)
+
+    def refresh(self, lk: Lookup) -> bool:
+        """Start one background refresh of ``lk`` unless a call for it is in flight."""
+        if self.flights.in_flight(lk.key_hash):
+            return False
+        _, started = self.flights.start(lk.key_hash, lambda: self._load(lk, force=True))
+        if started:
+            metrics.REFRESHES.labels(lk.endpoint).inc()
+        return started
+
+    def refresh_now(self, lk: Lookup) -> Answer:
+        """Fetch from the upstream now (joining a call in flight), and wait for it."""
+        flight, started = self.flights.start(lk.key_hash, lambda: self._load(lk, force=True))
+        try:
+            outcome = flight.result(self.upstream_timeout + WAIT_MARGIN_S)
+        except FlightTimeout:
+            return self._give_up(lk)
+        return self._from_outcome(lk, outcome, started)
+
+    def invalidate(self, key_hash: str) -> None:
+        """Remove an entry from every tier."""
+        for guard in self.tiers:
+            guard.call("delete", lambda t=guard.tier: t.delete(key_hash))
+
+    def flush(self) -> None:
+        """Write out buffered tier writes (graceful stop, tests)."""
+        for guard in self.tiers:
+            guard.call("flush", guard.tier.flush)
+
+    def _from_outcome(self, lk: Lookup, outcome: Outcome, started: bool) -> Answer:
+        entry, source = outcome.entry, outcome.source
+        if entry is None:
+            return Answer(None, "", source, outcome.error, lk.policy)
+        if outcome.error is not None:
+            metrics.STALE_SERVED.labels(lk.endpoint, "error").inc()
+            return Answer(entry, "STALE", source, outcome.error, lk.policy)
+        if source == "upstream":
+            return self._answer(lk, entry, "MISS" if started else "COALESCED", source)
+        if lk.policy.state(entry, self.clock()) is State.STALE:
+            self.refresh(lk)
+            return self._answer(lk, entry, "STALE", source)
+        return self._answer(lk, entry, "HIT", source)
+
+    def _answer(self, lk: Lookup, entry: Entry, x_cache: str, source: str) -> Answer:
+        if x_cache == "STALE":
+            metrics.STALE_SERVED.labels(lk.endpoint, "revalidate").inc()
+        return Answer(entry, x_cache, source, None, lk.policy)
+
+    def _give_up(self, lk: Lookup) -> Answer:
+        """A waiter's bound ran out: stale if the memory tier has it, else a 504."""
+        entry = self.memory.get(lk.key_hash)
+        error = UpstreamTimeout("upstream call still running after the wait bound")
+        if entry is not None and lk.policy.usable_on_error(entry, self.clock()):
+            return Answer(entry, "STALE", "memory", error, lk.policy)
+        return Answer(None, "", "upstream", error, lk.policy)
+
+    # -- inside the flight ---------------------------------------------------
+
+    def _load(self, lk: Lookup, force: bool) -> Outcome:
+        try:
+            return self._load_inner(lk, force)
+        finally:
+            _close_thread_connections()
+
+    def _load_inner(self, lk: Lookup, force: bool) -> Outcome:
+        now = self.clock()
+        best: Entry | None = None
+        best_source = ""
+        # Look again in every tier, memory included: the value may have landed
+        # since the caller looked (dogpile makes extra calls for want of this).
+        for index, guard in enumerate(self.tiers):
+            entry = guard.call("get", lambda t=guard.tier: t.get(lk.key_hash))
+            if entry is None:
+                continue
+            state = lk.policy.state(entry, now)
+            if state is State.DEAD:
+                continue
+            if state is State.FRESH or (state is State.STALE and not force):
+                metrics.TIER_HITS.labels(lk.endpoint, guard.tier.name).inc()
+                self._write(lk, entry, self.tiers[:index])
+                return Outcome(entry, guard.tier.name)
+            if best is None or entry.fetched_at > best.fetched_at:
+                best, best_source = entry, guard.tier.name
+        return self._call_upstream(lk, best, best_source)
+
+    def _call_upstream(self, lk: Lookup, fallback: Entry | None, fallback_source: str) -> Outcome:
+        try:
+            entry = self._fetch(lk)
+        except UpstreamError as error:
+            if fallback is not None and lk.policy.usable_on_error(fallback, self.clock()):
+                return Outcome(fallback, fallback_source, error)
+            return Outcome(None, "upstream", error)
+        self._write(lk, entry, self.tiers)
+        return Outcome(entry, "upstream")
+
+    def _fetch(self, lk: Lookup) -> Entry:
+        started = time.monotonic()
+        try:
+            response = self.client.fetch(lk.request, self.upstream_timeout, self.max_bytes)
+            if response.status == 404:
+                body = NOT_FOUND_BODY
+            else:
+                try:
+                    lk.validate_body(response.body)
+                except ValueError as exc:
+                    raise UpstreamBadBody(f"upstream body refused: {exc}", 200) from exc
+                body = response.body
+        except UpstreamError as exc:
+            self._record_call(lk, started, _error_label(exc))
+            raise
+        self._record_call(lk, started, str(response.status))
+        return Entry(
+            key_hash=lk.key_hash,
+            key=lk.key,
+            endpoint=lk.endpoint,
+            name=lk.name,
+            status=response.status,
+            body=body,
+            content_type=lk.content_type,
+            fetched_at=round(self.clock(), 3),
+        )
+
+    @staticmethod
+    def _record_call(lk: Lookup, started: float, status: str) -> None:
+        elapsed = time.monotonic() - started
+        metrics.UPSTREAM_CALLS.labels(lk.endpoint, status).inc()
+        metrics.UPSTREAM_LATENCY.labels(lk.endpoint).observe(elapsed)
+        log.info(
+            "upstream call endpoint=%s key=%s status=%s ms=%.1f",
+            lk.endpoint,
+            lk.key_hash,
+            status,
+            elapsed * 1000.0,
+        )
+
+    @staticmethod
+    def _write(lk: Lookup, entry: Entry, tiers: Sequence[TierGuard]) -> None:
+        lifetime = lk.policy.lifetime_ms(entry)
+        for guard in tiers:
+            guard.call("set", lambda t=guard.tier: t.set(entry, lifetime))
+
+
+def _error_label(exc: UpstreamError) -> str:
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout"
+    if isinstance(exc, UpstreamBadBody):
+        return "invalid"
+    return str(exc.upstream_status or "error")
+
+
+def _close_thread_connections() -> None:
+    """Close the database connections this flight's thread opened.
+
+    Each flight runs in a thread (a greenlet under gevent) of its own, and
+    Django's connections are per thread: left open, each would leak.
+    """
+    if threading.current_thread() is threading.main_thread():
+        return
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close()

@@ -1,0 +1,116 @@
+"""The app's settings: one typed object, defaults in one place.
+
+A project configures the app with a ``COALESCING`` dict in its Django settings,
+whose keys are the environment variable names of CONTRACT.md
+(``FRESH_TTL_MS``...). :func:`from_environ` builds that dict from the process
+environment, so ``settings.py`` is one line and every bad value is reported
+with the name of the variable that holds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+#: name -> (default, minimum). Integers are milliseconds or bytes.
+INT_SETTINGS: dict[str, tuple[int, int]] = {
+    "FRESH_TTL_MS": (10_000, 0),
+    "STALE_TTL_MS": (60_000, 0),
+    "STALE_IF_ERROR_MS": (300_000, 0),
+    "NEGATIVE_TTL_MS": (5_000, 0),
+    "UPSTREAM_TIMEOUT_MS": (5_000, 1),
+    "UPSTREAM_MAX_BYTES": (1_048_576, 1),
+    "MEMORY_CACHE_MAX_BYTES": (67_108_864, 0),
+}
+STR_SETTINGS: dict[str, str] = {
+    "REDIS_URL": "",
+    # The database alias of the persistent tier.
+    "DATABASE_ALIAS": "default",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CoalescingSettings:
+    fresh_ttl_ms: int
+    stale_ttl_ms: int
+    stale_if_error_ms: int
+    negative_ttl_ms: int
+    upstream_timeout_ms: int
+    upstream_max_bytes: int
+    memory_cache_max_bytes: int
+    redis_url: str
+    database_alias: str
+
+    @property
+    def upstream_timeout(self) -> float:
+        return self.upstream_timeout_ms / 1000.0
+
+
+def _parse_int(name: str, raw: Any) -> int:
+    default, minimum = INT_SETTINGS[name]
+    if isinstance(raw, bool):
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}")
+    if isinstance(raw, int):
+        value = raw
+    else:
+        text = str(raw).strip().replace("_", "")
+        if not text.isdigit():
+            raise ImproperlyConfigured(
+                f"{name} must be a whole number of {'bytes' if 'BYTES' in name else 'ms'}, "
+                f"got {raw!r}"
+            )
+        value = int(text)
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def build(values: Mapping[str, Any]) -> CoalescingSettings:
+    """Validate a ``COALESCING`` mapping and fill in the defaults."""
+    unknown = set(values) - set(INT_SETTINGS) - set(STR_SETTINGS)
+    if unknown:
+        raise ImproperlyConfigured(f"COALESCING has unknown keys: {', '.join(sorted(unknown))}")
+    ints = {
+        name: _parse_int(name, values[name]) if name in values else default
+        for name, (default, _) in INT_SETTINGS.items()
+    }
+    strs = {name: str(values.get(name) or default) for name, default in STR_SETTINGS.items()}
+    if ints["STALE_TTL_MS"] < ints["FRESH_TTL_MS"]:
+        raise ImproperlyConfigured(
+            f"STALE_TTL_MS ({ints['STALE_TTL_MS']}) must be >= FRESH_TTL_MS "
+            f"({ints['FRESH_TTL_MS']})"
+        )
+    fields = {k.lower(): v for k, v in {**ints, **strs}.items()}
+    return CoalescingSettings(**fields)
+
+
+def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``COALESCING`` dict from environment variables, validated now.
+
+    Validating here (not at first use) makes every ``manage.py`` command fail
+    at start-up with the name of the bad variable.
+    """
+    values: dict[str, Any] = {
+        name: environ[name] for name in (*INT_SETTINGS, "REDIS_URL") if environ.get(name, "") != ""
+    }
+    build(values)
+    return values
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> CoalescingSettings:
+    from django.conf import settings
+
+    return build(getattr(settings, "COALESCING", {}))
+
+
+@receiver(setting_changed)
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "COALESCING":
+        get_settings.cache_clear()

@@ -1,0 +1,135 @@
+"""``CoalescedEndpoint``: what an endpoint says; the coalescer does the rest.
+
+A subclass gives a ``name`` and four methods, the roles of the original
+``createCoalescedHandler({parse, buildDOName, buildCacheKey, buildUpstreamUrl})``:
+
+- :meth:`parse`: query parameters -> validated params, or :class:`BadRequest`;
+- :meth:`coalescing_name`: which name coalesces it (by id, region, tenant...);
+- :meth:`cache_key`: what makes two requests the same answer;
+- :meth:`upstream_request`: the one upstream call, from validated params only.
+
+Nothing of the HTTP request but its query parameters reaches ``parse``, so
+no header or cookie can reach the upstream call or the cache key.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, Generic, TypeVar
+
+from django.http import HttpRequest, HttpResponse
+
+from . import metrics, registry
+from .coalescer import Lookup
+from .conf import get_settings
+from .entry import Policy, make_key
+from .errors import BadRequest
+from .params import QueryLists
+from .responses import build_response, error_response
+from .runtime import get_coalescer
+from .upstream import UpstreamRequest
+
+P = TypeVar("P")
+
+
+class CoalescedEndpoint(Generic[P]):
+    #: Unique name: storage, metrics, ``purge_stale --endpoint``.
+    name: ClassVar[str]
+    #: Default URL path for :meth:`register`.
+    path: ClassVar[str] = ""
+    content_type: ClassVar[str] = "application/json"
+    #: Per-endpoint windows; ``None`` takes the setting of the same name.
+    fresh_ttl_ms: ClassVar[int | None] = None
+    stale_ttl_ms: ClassVar[int | None] = None
+    stale_if_error_ms: ClassVar[int | None] = None
+    negative_ttl_ms: ClassVar[int | None] = None
+    #: OpenAPI parameter objects, for the docs page (validation is :meth:`parse`).
+    openapi_parameters: ClassVar[list[dict[str, Any]]] = []
+    summary: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            registry.add(cls)
+
+    # -- what a subclass says ---------------------------------------------
+
+    def parse(self, query: QueryLists) -> P:
+        raise NotImplementedError
+
+    def coalescing_name(self, params: P) -> str:
+        raise NotImplementedError
+
+    def cache_key(self, params: P) -> str:
+        raise NotImplementedError
+
+    def upstream_request(self, params: P) -> UpstreamRequest:
+        raise NotImplementedError
+
+    def validate_body(self, body: bytes) -> None:
+        """Refuse an upstream body (raise ``ValueError``); by default, it must be JSON."""
+        json.loads(body)
+
+    # -- what the base class does -----------------------------------------
+
+    def policy(self) -> Policy:
+        conf = get_settings()
+        cached = getattr(self, "_policy", None)
+        if cached is not None and cached[0] is conf:
+            return cached[1]
+        fresh = _pick(self.fresh_ttl_ms, conf.fresh_ttl_ms)
+        stale = max(fresh, _pick(self.stale_ttl_ms, conf.stale_ttl_ms))
+        policy = Policy(
+            fresh_ms=fresh,
+            stale_ms=stale,
+            stale_if_error_ms=_pick(self.stale_if_error_ms, conf.stale_if_error_ms),
+            negative_ms=_pick(self.negative_ttl_ms, conf.negative_ttl_ms),
+        )
+        self._policy = (conf, policy)
+        return policy
+
+    def lookup(self, params: P) -> Lookup:
+        key, key_hash = make_key(self.name, self.cache_key(params))
+        return Lookup(
+            endpoint=self.name,
+            key=key,
+            key_hash=key_hash,
+            name=self.coalescing_name(params),
+            policy=self.policy(),
+            request=self.upstream_request(params),
+            content_type=self.content_type,
+            validate_body=self.validate_body,
+        )
+
+    def lookup_query(self, query: QueryLists) -> Lookup:
+        """The lookup of a query, as a client would send it (invalidation, refresh)."""
+        return self.lookup(self.parse(query))
+
+    def view(self, request: HttpRequest) -> HttpResponse:
+        try:
+            lk = self.lookup_query(dict(request.GET.lists()))
+        except BadRequest as exc:
+            return error_response(400, exc.detail)
+        coalescer = get_coalescer()
+        answer = coalescer.get(lk)
+        metrics.REQUESTS.labels(self.name, answer.x_cache or "ERROR").inc()
+        return build_response(answer, coalescer.clock())
+
+    @classmethod
+    def register(cls, router: Any, path: str | None = None, **operation: Any) -> None:
+        """Serve this endpoint on a django-ninja ``NinjaAPI`` or ``Router``: one line."""
+        endpoint = cls()
+
+        def view(request: HttpRequest) -> HttpResponse:
+            return endpoint.view(request)
+
+        view.__name__ = f"{cls.name}_view"
+        target = getattr(router, "default_router", router)
+        operation.setdefault("summary", cls.summary or cls.__doc__ or cls.name)
+        operation.setdefault("operation_id", cls.name)
+        operation.setdefault("openapi_extra", {"parameters": cls.openapi_parameters})
+        target.add_api_operation(path or cls.path, ["GET"], view, **operation)
+
+
+def _pick(override: int | None, default: int) -> int:
+    return default if override is None else override

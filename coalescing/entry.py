@@ -1,0 +1,86 @@
+"""What every tier stores: an upstream answer as immutable bytes plus metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import math
+
+#: A fixed cost per entry on top of its bytes (object headers, dict slots),
+#: so that a budget of tiny entries still bounds the entry count.
+ENTRY_OVERHEAD_BYTES = 256
+#: A cache key longer than this is a bug in the endpoint, not user input.
+MAX_KEY_LENGTH = 8192
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    key_hash: str  # the identity used by every tier
+    key: str  # readable form, "<endpoint>:<cache key>", for the admin and logs
+    endpoint: str
+    name: str  # single-flight name
+    status: int  # 200, or 404 for a negative entry
+    body: bytes  # served byte for byte; shared between callers, never mutated
+    content_type: str
+    fetched_at: float  # epoch seconds when the upstream answered
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.key) + ENTRY_OVERHEAD_BYTES
+
+    @property
+    def negative(self) -> bool:
+        return self.status == 404
+
+
+class State(enum.Enum):
+    FRESH = "fresh"
+    STALE = "stale"
+    EXPIRED = "expired"  # not servable as is, but still a fallback on upstream error
+    DEAD = "dead"  # useless: no window left in which it could be served
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Policy:
+    """The windows of one endpoint, in milliseconds."""
+
+    fresh_ms: int
+    stale_ms: int
+    stale_if_error_ms: int
+    negative_ms: int
+
+    def state(self, entry: Entry, now: float) -> State:
+        age_ms = (now - entry.fetched_at) * 1000.0
+        if entry.negative:
+            # A 404 has no stale window and is never served as stale-if-error.
+            return State.FRESH if age_ms < self.negative_ms else State.DEAD
+        if age_ms < self.fresh_ms:
+            return State.FRESH
+        if age_ms < self.stale_ms:
+            return State.STALE
+        if age_ms < self.stale_if_error_ms:
+            return State.EXPIRED
+        return State.DEAD
+
+    def usable_on_error(self, entry: Entry, now: float) -> bool:
+        return not entry.negative and (now - entry.fetched_at) * 1000.0 < self.stale_if_error_ms
+
+    def lifetime_ms(self, entry: Entry) -> int:
+        """How long after its fetch an entry may still be served in some way."""
+        if entry.negative:
+            return self.negative_ms
+        return max(self.stale_ms, self.stale_if_error_ms)
+
+    def ttl_seconds(self, entry: Entry, now: float) -> int:
+        """RFC 9211 ``ttl``: remaining freshness, negative once stale."""
+        limit = self.negative_ms if entry.negative else self.fresh_ms
+        return math.floor(entry.fetched_at + limit / 1000.0 - now)
+
+
+def make_key(endpoint: str, cache_key: str) -> tuple[str, str]:
+    """The readable key and its hash, the one identity of an entry in every tier."""
+    readable = f"{endpoint}:{cache_key}"
+    if len(readable) > MAX_KEY_LENGTH:
+        raise ValueError(f"cache key of {endpoint!r} is longer than {MAX_KEY_LENGTH} characters")
+    return readable, hashlib.blake2b(readable.encode(), digest_size=16).hexdigest()

@@ -1,0 +1,64 @@
+"""``manage.py serve``: one gevent process, stopped gracefully on SIGTERM or Ctrl-C.
+
+``manage.py`` monkey-patches with gevent before anything else is imported when
+its command is ``serve``; this command refuses to run unpatched.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Serve the site with gevent's WSGI server (one process)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8787)
+        parser.add_argument(
+            "--stop-timeout",
+            type=float,
+            default=10.0,
+            help="seconds to let requests in hand finish on SIGTERM",
+        )
+        parser.add_argument("--access-log", action="store_true", help="log every request")
+
+    def handle(self, *args, host: str, port: int, stop_timeout: float, access_log: bool, **kw):
+        import gevent
+        from gevent import monkey
+
+        if not monkey.is_module_patched("socket"):
+            raise CommandError(
+                "serve needs gevent's monkey-patching before Django starts: "
+                "run it as `python manage.py serve` (manage.py patches first)"
+            )
+        if not 0 < port < 65536:
+            raise CommandError(f"--port must be between 1 and 65535, got {port}")
+        from django.core.wsgi import get_wsgi_application
+
+        from coalescing import server
+        from coalescing.runtime import get_coalescer
+
+        application = server.with_content_length(get_wsgi_application())
+        try:
+            httpd = server.NoDelayWSGIServer(
+                (host, port), application, log="default" if access_log else None
+            )
+            httpd.init_socket()
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {host}:{port}: {exc}") from exc
+        server.bound_address = httpd.address[:2]
+
+        def stop(*_: object) -> None:
+            self.stdout.write("Stopping: finishing requests in hand...")
+            gevent.spawn(httpd.stop, timeout=stop_timeout)
+
+        gevent.signal_handler(signal.SIGTERM, stop)
+        gevent.signal_handler(signal.SIGINT, stop)
+        self.stdout.write(f"Serving on http://{host}:{httpd.address[1]}/ (gevent; Ctrl-C stops)")
+        self.stdout.flush()
+        httpd.serve_forever()
+        get_coalescer().flush()
+        self.stdout.write("Stopped; pending cache writes written.")

@@ -1,0 +1,34 @@
+"""The interface every tier implements, and the one error they raise.
+
+A tier wraps whatever its backend raises in :class:`TierError` (``raise ...
+from e``); the coalescer alone decides what a failed tier means (a miss,
+logged and counted), so no backend error ever reaches a caller.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from ..entry import Entry
+
+
+class TierError(Exception):
+    """A tier could not read or write; its backend error is ``__cause__``."""
+
+
+class Tier(abc.ABC):
+    #: Short name shown in ``Cache-Status`` ``detail=`` and in metrics.
+    name: str = ""
+
+    @abc.abstractmethod
+    def get(self, key_hash: str) -> Entry | None: ...
+
+    @abc.abstractmethod
+    def set(self, entry: Entry, lifetime_ms: int) -> None:
+        """Store ``entry`` unless the tier holds a newer one (writes are monotonic)."""
+
+    @abc.abstractmethod
+    def delete(self, key_hash: str) -> None: ...
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Write out anything buffered (on shutdown and in tests)."""

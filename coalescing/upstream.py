@@ -1,0 +1,163 @@
+"""The HTTP client of the upstream: one pooled session, a hard time budget, a size cap.
+
+Errors, all raised as :class:`UpstreamError`::
+
+    UpstreamError              any failed call: never stored, 502 to the client
+    ├── UpstreamTimeout        the budget ran out (connect + read): 504
+    ├── UpstreamUnavailable    connection refused, reset, DNS...
+    ├── UpstreamBadStatus      a status other than 200 or 404 (5xx, 429, redirects...)
+    └── UpstreamBadBody        over the size cap, or not what the endpoint accepts
+
+Nothing of the client's request reaches the upstream: the session sends only
+the headers below, keeps no cookies, follows no redirects and ignores proxy
+and netrc settings of the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.cookiejar
+import threading
+import time
+from collections.abc import Mapping
+
+import requests
+from requests.adapters import HTTPAdapter
+
+USER_AGENT = "django-coalescing/0.1"
+READ_CHUNK = 16 * 1024
+
+
+class UpstreamError(Exception):
+    http_status = 502  # what the client gets when no stale value can be served
+
+    def __init__(self, message: str, upstream_status: int | None = None) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+    @property
+    def fwd_status(self) -> int:
+        """RFC 9211 ``fwd-status``: the upstream's status, or ours when it gave none."""
+        return self.upstream_status or self.http_status
+
+
+class UpstreamTimeout(UpstreamError):
+    http_status = 504
+
+
+class UpstreamUnavailable(UpstreamError):
+    pass
+
+
+class UpstreamBadStatus(UpstreamError):
+    pass
+
+
+class UpstreamBadBody(UpstreamError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """What an endpoint asks of its upstream: built from validated parameters only."""
+
+    url: str
+    params: Mapping[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    body: bytes
+    elapsed_ms: float
+
+
+class UpstreamClient:
+    def __init__(self, pool_maxsize: int = 256) -> None:
+        self.pool_maxsize = pool_maxsize
+        self._local_session: requests.Session | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def session(self) -> requests.Session:
+        if self._local_session is None:
+            with self._lock:
+                if self._local_session is None:
+                    self._local_session = self._new_session()
+        return self._local_session
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = False
+        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=self.pool_maxsize, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers.clear()
+        session.headers.update(
+            {"User-Agent": USER_AGENT, "Accept": "application/json", "Accept-Encoding": "identity"}
+        )
+        return session
+
+    def fetch(self, request: UpstreamRequest, timeout: float, max_bytes: int) -> UpstreamResponse:
+        """One GET within ``timeout`` seconds in all. Returns 200 and 404 answers."""
+        started = time.monotonic()
+        deadline = started + timeout
+        try:
+            response = self.session.get(
+                request.url,
+                params=request.params,
+                timeout=(timeout, timeout),
+                allow_redirects=False,
+                stream=True,
+            )
+        except requests.Timeout as exc:
+            raise UpstreamTimeout(f"upstream did not answer within {timeout:.1f}s") from exc
+        except requests.RequestException as exc:
+            raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}") from exc
+        try:
+            if response.status_code not in (200, 404):
+                raise UpstreamBadStatus(
+                    f"upstream answered {response.status_code}", response.status_code
+                )
+            body = b"" if response.status_code == 404 else self._read(response, deadline, max_bytes)
+        finally:
+            response.close()
+        return UpstreamResponse(response.status_code, body, (time.monotonic() - started) * 1000.0)
+
+    @staticmethod
+    def _read(response: requests.Response, deadline: float, max_bytes: int) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise UpstreamBadBody(f"upstream body of {declared} bytes is over the cap", 200)
+        raw = response.raw
+        sock = getattr(getattr(raw, "_connection", None), "sock", None)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise UpstreamTimeout("upstream body did not end within the time budget")
+                if sock is not None:
+                    # Bound each read by what is left, so a trickling body cannot
+                    # stretch the budget one slow chunk at a time.
+                    sock.settimeout(remaining)
+                chunk = raw.read1(READ_CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    raise UpstreamBadBody(
+                        f"upstream body is over the cap of {max_bytes} bytes", 200
+                    )
+                chunks.append(chunk)
+        except UpstreamError:
+            raise
+        except (TimeoutError, requests.Timeout) as exc:
+            raise UpstreamTimeout("upstream body did not end within the time budget") from exc
+        except Exception as exc:  # urllib3 wraps socket errors in several types
+            if "timed out" in str(exc).lower():
+                raise UpstreamTimeout("upstream body did not end within the time budget") from exc
+            raise UpstreamUnavailable(f"upstream body broke off: {type(exc).__name__}") from exc
+        return b"".join(chunks)
