@@ -157,6 +157,14 @@ class Coalescer:
             return self._give_up(lk)
         return self._from_outcome(lk, outcome, started)
 
+    def peek(self, key_hash: str) -> Entry | None:
+        """The entry of the fastest tier that holds it, whatever its state."""
+        for guard in self.tiers:
+            entry = guard.call("get", lambda t=guard.tier: t.get(key_hash))
+            if entry is not None:
+                return entry
+        return None
+
     def invalidate(self, key_hash: str) -> None:
         """Remove an entry from every tier."""
         for guard in self.tiers:
@@ -258,6 +266,7 @@ class Coalescer:
             body=body,
             content_type=lk.content_type,
             fetched_at=round(self.clock(), 3),
+            upstream_url=lk.request.full_url,
         )
 
     @staticmethod

@@ -22,7 +22,7 @@ from django.http import HttpRequest, HttpResponse
 from . import metrics, registry
 from .coalescer import Lookup
 from .conf import get_settings
-from .entry import Policy, make_key
+from .entry import Entry, Policy, make_key
 from .errors import BadRequest
 from .params import QueryLists
 from .responses import build_response, error_response
@@ -97,6 +97,19 @@ class CoalescedEndpoint(Generic[P]):
             name=self.coalescing_name(params),
             policy=self.policy(),
             request=self.upstream_request(params),
+            content_type=self.content_type,
+            validate_body=self.validate_body,
+        )
+
+    def lookup_entry(self, entry: Entry) -> Lookup:
+        """The lookup that repeats the upstream call an entry came from (refresh)."""
+        return Lookup(
+            endpoint=self.name,
+            key=entry.key,
+            key_hash=entry.key_hash,
+            name=entry.name,
+            policy=self.policy(),
+            request=UpstreamRequest(entry.upstream_url),
             content_type=self.content_type,
             validate_body=self.validate_body,
         )

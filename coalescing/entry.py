@@ -24,6 +24,7 @@ class Entry:
     body: bytes  # served byte for byte; shared between callers, never mutated
     content_type: str
     fetched_at: float  # epoch seconds when the upstream answered
+    upstream_url: str = ""  # the call that produced it: how a refresh repeats it
 
     @property
     def size(self) -> int:

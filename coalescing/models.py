@@ -15,13 +15,20 @@ class CacheEntryManager(models.Manager["CacheEntry"]):
             self.using(using)
             .filter(key_hash=key_hash)
             .values_list(
-                "key", "endpoint", "name", "status", "body", "content_type", "fetched_at_ms"
+                "key",
+                "endpoint",
+                "name",
+                "status",
+                "body",
+                "content_type",
+                "fetched_at_ms",
+                "upstream_url",
             )
             .first()
         )
         if row is None:
             return None
-        key, endpoint, name, status, body, content_type, fetched_at_ms = row
+        key, endpoint, name, status, body, content_type, fetched_at_ms, upstream_url = row
         return Entry(
             key_hash=key_hash,
             key=key,
@@ -31,6 +38,7 @@ class CacheEntryManager(models.Manager["CacheEntry"]):
             body=bytes(body),
             content_type=content_type,
             fetched_at=fetched_at_ms / 1000.0,
+            upstream_url=upstream_url,
         )
 
     def upsert_many(self, entries: Iterable[Entry], using: str = "default") -> None:
@@ -56,6 +64,7 @@ class CacheEntryManager(models.Manager["CacheEntry"]):
             "content_type",
             "fetched_at_ms",
             "size",
+            "upstream_url",
         ]
         updated = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in columns[1:])
         row = "(" + ", ".join(["%s"] * len(columns)) + ")"
@@ -77,6 +86,7 @@ class CacheEntryManager(models.Manager["CacheEntry"]):
                 e.content_type,
                 round(e.fetched_at * 1000),
                 len(e.body),
+                e.upstream_url,
             ]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
@@ -98,6 +108,7 @@ class CacheEntry(models.Model):
     content_type = models.CharField(max_length=100)
     fetched_at_ms = models.BigIntegerField(help_text="when the upstream answered, epoch ms")
     size = models.PositiveIntegerField(help_text="body size in bytes")
+    upstream_url = models.TextField(blank=True, help_text="the upstream call that produced it")
 
     objects = CacheEntryManager()
 

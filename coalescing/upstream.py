@@ -20,6 +20,7 @@ import http.cookiejar
 import threading
 import time
 from collections.abc import Mapping
+from urllib.parse import urlencode
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -64,6 +65,13 @@ class UpstreamRequest:
     url: str
     params: Mapping[str, str] | None = None
 
+    @property
+    def full_url(self) -> str:
+        """The URL with its query; commas stay literal (``fields=name,price``)."""
+        if not self.params:
+            return self.url
+        return f"{self.url}?{urlencode(self.params, safe=',')}"
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class UpstreamResponse:
@@ -105,8 +113,7 @@ class UpstreamClient:
         deadline = started + timeout
         try:
             response = self.session.get(
-                request.url,
-                params=request.params,
+                request.full_url,
                 timeout=(timeout, timeout),
                 allow_redirects=False,
                 stream=True,

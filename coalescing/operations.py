@@ -1,0 +1,55 @@
+"""Invalidate or refresh entries from code, the admin or a command.
+
+By endpoint and parameters, as a client would ask::
+
+    from coalescing import operations
+    operations.invalidate("products", productId="SKU123", fields="name,price")
+    operations.refresh("products", productId="SKU123")
+
+or by the stored key hash (what the admin has). Invalidation removes the
+entry from every tier of this process, and from the memory tier of every
+process that shares the Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from . import registry
+from .coalescer import Answer, Lookup
+from .runtime import get_coalescer
+
+
+def _lookup(endpoint: str, params: dict[str, str | Sequence[str]]) -> Lookup:
+    query = {k: [v] if isinstance(v, str) else list(v) for k, v in params.items()}
+    return registry.get(endpoint)().lookup_query(query)
+
+
+def invalidate(endpoint: str, **params: str | Sequence[str]) -> str:
+    """Remove the entry of these parameters everywhere; returns its key hash.
+
+    Raises :class:`~coalescing.errors.BadRequest` for parameters the endpoint
+    refuses, and ``KeyError`` for an unknown endpoint.
+    """
+    lk = _lookup(endpoint, params)
+    get_coalescer().invalidate(lk.key_hash)
+    return lk.key_hash
+
+
+def refresh(endpoint: str, **params: str | Sequence[str]) -> Answer:
+    """Call the upstream now for these parameters (coalesced) and store the answer."""
+    return get_coalescer().refresh_now(_lookup(endpoint, params))
+
+
+def invalidate_key(key_hash: str) -> None:
+    get_coalescer().invalidate(key_hash)
+
+
+def refresh_key(key_hash: str) -> Answer | None:
+    """Refresh a stored entry by its key hash; ``None`` if no tier holds it."""
+    coalescer = get_coalescer()
+    entry = coalescer.peek(key_hash)
+    if entry is None or not entry.upstream_url:
+        return None
+    endpoint = registry.get(entry.endpoint)()
+    return coalescer.refresh_now(endpoint.lookup_entry(entry))

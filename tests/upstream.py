@@ -1,0 +1,131 @@
+"""A real HTTP upstream for tests: counts calls, and can be slow, failing or hostile.
+
+It runs in a thread of the test process. ``mode`` decides how it answers:
+
+- ``ok``: 200 with JSON naming the path, the query and the call number
+- ``status``: the status in ``status`` with a JSON body (404, 503...)
+- ``invalid``: 200 with a body that is not JSON
+- ``big``: 200 with ``size`` bytes of valid JSON
+- ``reset``: headers promising a long body, a few bytes, then a closed socket
+- ``trickle``: a body that never ends, one byte at a time
+- ``cookie``: 200 with a ``Set-Cookie`` header and hop-by-hop headers
+
+``delay`` seconds pass before every answer. ``calls`` records each request's
+path and headers.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.status = 200
+        self.delay = 0.0
+        self.size = 0
+        self.calls: list[dict[str, object]] = []
+        self._lock = threading.Lock()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                upstream._handle(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.calls)
+
+    def calls_to(self, path: str) -> int:
+        with self._lock:
+            return sum(1 for c in self.calls if c["path"] == path)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls.clear()
+        self.mode, self.status, self.delay, self.size = "ok", 200, 0.0, 0
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(h.path)
+        with self._lock:
+            n = len(self.calls) + 1
+            self.calls.append(
+                {"path": parts.path, "query": parts.query, "headers": dict(h.headers)}
+            )
+        mode, delay = self.mode, self.delay
+        if delay:
+            time.sleep(delay)
+        body = json.dumps({"path": parts.path, "query": parts.query, "n": n}).encode()
+        try:
+            if mode == "ok":
+                self._send(h, 200, body)
+            elif mode == "status":
+                self._send(h, self.status, json.dumps({"error": self.status}).encode())
+            elif mode == "invalid":
+                self._send(h, 200, b"<html>not json</html>")
+            elif mode == "big":
+                filler = b'{"x":"' + b"a" * max(0, self.size - 8) + b'"}'
+                self._send(h, 200, filler)
+            elif mode == "cookie":
+                self._send(
+                    h,
+                    200,
+                    body,
+                    [("Set-Cookie", "session=upstream-secret"), ("Connection", "close")],
+                )
+            elif mode == "reset":
+                h.send_response(200)
+                h.send_header("Content-Type", "application/json")
+                h.send_header("Content-Length", "100000")
+                h.end_headers()
+                h.wfile.write(b'{"partial": ')
+                h.wfile.flush()
+                h.close_connection = True
+                h.connection.close()
+            elif mode == "trickle":
+                h.send_response(200)
+                h.send_header("Content-Type", "application/json")
+                h.end_headers()  # no length: the body ends when the socket does
+                h.close_connection = True
+                for _ in range(600):
+                    h.wfile.write(b" ")
+                    h.wfile.flush()
+                    time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    @staticmethod
+    def _send(
+        h: BaseHTTPRequestHandler, status: int, body: bytes, extra: list[tuple[str, str]] = ()
+    ) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        for name, value in extra:
+            h.send_header(name, value)
+        h.end_headers()
+        h.wfile.write(body)
