@@ -2,12 +2,17 @@
 
 Under gunicorn with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` (an empty
 directory, shared by the workers) and ``/metrics`` adds up every worker's
-figures through prometheus-client's multiprocess mode.
+figures through prometheus-client's multiprocess mode (``gunicorn.conf.py``
+tells it when a worker exits). The directory must exist and be emptied before
+the server starts, or figures of an earlier run are added in.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import os
+from collections import defaultdict
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 REQUESTS = Counter("coalescing_requests", "Answers of coalesced endpoints.", ["endpoint", "cache"])
 TIER_HITS = Counter("coalescing_tier_hits", "Entries found per tier.", ["endpoint", "tier"])
@@ -36,3 +41,43 @@ LEASE_TAKEOVERS = Counter(
 WAIT_TIMEOUTS = Counter(
     "coalescing_wait_timeouts", "Waiters that gave up on a call in progress.", ["endpoint"]
 )
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def registry_in_force() -> CollectorRegistry:
+    """This process's registry, or every worker's figures in multiprocess mode."""
+    if multiprocess_mode():
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def totals(registry: CollectorRegistry | None = None) -> dict[str, dict[str, float]]:
+    """Every ``coalescing_`` counter summed by each of its labels.
+
+    ``totals()["coalescing_tier_hits"]["tier=memory"]`` is the memory tier's hits
+    over every endpoint; ``[""]`` is the sum over everything. Histograms give
+    their ``_count`` and ``_sum``. Figures run since the process (or, in
+    multiprocess mode, the server) started.
+    """
+    out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for family in (registry or registry_in_force()).collect():
+        if not family.name.startswith("coalescing_"):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                name = sample.name[: -len("_total")]
+            elif sample.name.endswith(("_count", "_sum")) and family.type == "histogram":
+                name = sample.name
+            else:
+                continue  # _created, _bucket
+            out[name][""] += sample.value
+            for label, value in sample.labels.items():
+                out[name][f"{label}={value}"] += sample.value
+    return out
