@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Metric
 
 REQUESTS = Counter("coalescing_requests", "Answers of coalesced endpoints.", ["endpoint", "cache"])
 TIER_HITS = Counter("coalescing_tier_hits", "Entries found per tier.", ["endpoint", "tier"])
@@ -47,18 +48,32 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-def registry_in_force() -> CollectorRegistry:
-    """This process's registry, or every worker's figures in multiprocess mode."""
+PREFIX = "coalescing_"
+
+
+class _OwnMetrics:
+    """The ``coalescing_`` families of a registry: CONTRACT.md's /metrics has no others
+    (prometheus-client's default process and platform collectors are left out)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        return (f for f in self.registry.collect() if f.name.startswith(PREFIX))
+
+
+def registry_in_force() -> _OwnMetrics:
+    """This process's metrics, or every worker's in multiprocess mode; ``collect()`` them."""
     if multiprocess_mode():
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return registry
-    return REGISTRY
+        return _OwnMetrics(registry)
+    return _OwnMetrics(REGISTRY)
 
 
-def totals(registry: CollectorRegistry | None = None) -> dict[str, dict[str, float]]:
+def totals(source: _OwnMetrics | None = None) -> dict[str, dict[str, float]]:
     """Every ``coalescing_`` counter summed by each of its labels.
 
     ``totals()["coalescing_tier_hits"]["tier=memory"]`` is the memory tier's hits
@@ -67,9 +82,7 @@ def totals(registry: CollectorRegistry | None = None) -> dict[str, dict[str, flo
     multiprocess mode, the server) started.
     """
     out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for family in (registry or registry_in_force()).collect():
-        if not family.name.startswith("coalescing_"):
-            continue
+    for family in (source or registry_in_force()).collect():
         for sample in family.samples:
             if sample.name.endswith("_total"):
                 name = sample.name[: -len("_total")]
