@@ -34,6 +34,12 @@ from .upstream import (
 log = logging.getLogger("coalescing")
 
 NOT_FOUND_BODY = b'{"detail":"Not found"}'
+#: What a flight may answer from a tier instead of calling the upstream: a
+#: foreground load takes stale (and refreshes after), a background refresh
+#: only fresh (another process may have refreshed it), an explicit refresh nothing.
+ACCEPT_STALE = frozenset({State.FRESH, State.STALE})
+ACCEPT_FRESH = frozenset({State.FRESH})
+ACCEPT_NONE: frozenset[State] = frozenset()
 #: How much longer than the upstream budget a waiter waits before giving up.
 WAIT_MARGIN_S = 1.0
 
@@ -129,7 +135,7 @@ class Coalescer:
                 return self._answer(lk, entry, "STALE", "memory")
             if state is State.DEAD:
                 self.memory.delete(lk.key_hash)
-        flight, started = self.flights.start(lk.key_hash, lambda: self._load(lk, force=False))
+        flight, started = self.flights.start(lk.key_hash, lambda: self._load(lk, ACCEPT_STALE))
         if not started:
             metrics.COALESCED.labels(lk.endpoint).inc()
         try:
@@ -143,14 +149,14 @@ class Coalescer:
         """Start one background refresh of ``lk`` unless a call for it is in flight."""
         if self.flights.in_flight(lk.key_hash):
             return False
-        _, started = self.flights.start(lk.key_hash, lambda: self._load(lk, force=True))
+        _, started = self.flights.start(lk.key_hash, lambda: self._load(lk, ACCEPT_FRESH))
         if started:
             metrics.REFRESHES.labels(lk.endpoint).inc()
         return started
 
     def refresh_now(self, lk: Lookup) -> Answer:
         """Fetch from the upstream now (joining a call in flight), and wait for it."""
-        flight, started = self.flights.start(lk.key_hash, lambda: self._load(lk, force=True))
+        flight, started = self.flights.start(lk.key_hash, lambda: self._load(lk, ACCEPT_NONE))
         try:
             outcome = flight.result(self.upstream_timeout + WAIT_MARGIN_S)
         except FlightTimeout:
@@ -204,13 +210,13 @@ class Coalescer:
 
     # -- inside the flight ---------------------------------------------------
 
-    def _load(self, lk: Lookup, force: bool) -> Outcome:
+    def _load(self, lk: Lookup, accept: frozenset[State]) -> Outcome:
         try:
-            return self._load_inner(lk, force)
+            return self._load_inner(lk, accept)
         finally:
             _close_thread_connections()
 
-    def _load_inner(self, lk: Lookup, force: bool) -> Outcome:
+    def _load_inner(self, lk: Lookup, accept: frozenset[State]) -> Outcome:
         now = self.clock()
         best: Entry | None = None
         best_source = ""
@@ -223,7 +229,7 @@ class Coalescer:
             state = lk.policy.state(entry, now)
             if state is State.DEAD:
                 continue
-            if state is State.FRESH or (state is State.STALE and not force):
+            if state in accept:
                 metrics.TIER_HITS.labels(lk.endpoint, guard.tier.name).inc()
                 self._write(lk, entry, self.tiers[:index])
                 return Outcome(entry, guard.tier.name)

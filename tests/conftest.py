@@ -79,3 +79,23 @@ def redis_url() -> str:
     except Exception:
         missing_service(f"Redis does not answer at {REDIS_URL}")
     return REDIS_URL
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_stray_postgres_sessions(django_db_setup, django_db_blocker):
+    """Writer threads keep their own connections; end them before the test
+    database is dropped, or PostgreSQL refuses to drop it."""
+    yield
+    from django.conf import settings
+
+    if "postgres" not in settings.DATABASES:
+        return
+    import psycopg
+
+    name = settings.DATABASES["postgres"]["NAME"]
+    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=2) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            [name],
+        )

@@ -56,13 +56,16 @@ class DatabaseTier(Tier):
         self._wakeup.set()
 
     def delete(self, key_hash: str) -> None:
-        with self._pending_lock:
-            self._pending.pop(key_hash, None)
-        try:
-            CacheEntry.objects.delete_key(key_hash, using=self.using)
-        except DatabaseError as exc:
-            self._discard_connection()
-            raise TierError(f"database delete failed: {exc}") from exc
+        # Under the write lock: a batch taken from the buffer but not yet
+        # written would otherwise bring the row back after the delete.
+        with self._write_lock:
+            with self._pending_lock:
+                self._pending.pop(key_hash, None)
+            try:
+                CacheEntry.objects.delete_key(key_hash, using=self.using)
+            except DatabaseError as exc:
+                self._discard_connection()
+                raise TierError(f"database delete failed: {exc}") from exc
 
     @property
     def pending(self) -> int:

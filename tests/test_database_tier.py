@@ -1,0 +1,97 @@
+"""The persistent tier, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from coalescing.entry import Entry
+from coalescing.models import CacheEntry
+from coalescing.tiers.database import DatabaseTier
+
+pytestmark = pytest.mark.django_db(databases=["default", "postgres"], transaction=True)
+
+
+def entry(key: str = "k1", fetched_at: float = 1000.0, body: bytes = b'{"a": 1}') -> Entry:
+    return Entry(
+        key_hash=key,
+        key=f"products:{key}",
+        endpoint="products",
+        name="SKU",
+        status=200,
+        body=body,
+        content_type="application/json",
+        fetched_at=fetched_at,
+        upstream_url="http://up/products/SKU",
+    )
+
+
+def test_round_trip_keeps_bytes_and_metadata(db_alias):
+    tier = DatabaseTier(using=db_alias)
+    body = bytes(range(256)) * 3
+    tier.set(entry(body=body))
+    tier.flush()
+    got = CacheEntry.objects.get_entry("k1", using=db_alias)
+    assert got == entry(body=body)
+    assert CacheEntry.objects.using(db_alias).get(pk="k1").size == len(body)
+
+
+def test_writes_are_monotonic_in_sql(db_alias):
+    CacheEntry.objects.upsert_many([entry(fetched_at=2000.0, body=b"[2]")], using=db_alias)
+    CacheEntry.objects.upsert_many([entry(fetched_at=1000.0, body=b"[1]")], using=db_alias)
+    assert CacheEntry.objects.get_entry("k1", using=db_alias).body == b"[2]"
+    CacheEntry.objects.upsert_many([entry(fetched_at=3000.0, body=b"[3]")], using=db_alias)
+    assert CacheEntry.objects.get_entry("k1", using=db_alias).body == b"[3]"
+
+
+def test_writes_happen_behind_the_caller_and_are_batched(db_alias):
+    tier = DatabaseTier(using=db_alias, flush_interval=0.01)
+    for i in range(50):
+        tier.set(entry(f"k{i}", fetched_at=1000.0 + i))
+    # Reads see buffered writes at once, before they reach the database.
+    assert tier.get("k49").fetched_at == 1049.0
+    tier.flush()
+    assert CacheEntry.objects.using(db_alias).count() == 50
+    assert tier.pending == 0
+
+
+def test_the_writer_thread_writes_without_a_flush(db_alias):
+    tier = DatabaseTier(using=db_alias, flush_interval=0.01)
+    tier.set(entry("bg"))
+    for _ in range(100):
+        if CacheEntry.objects.using(db_alias).filter(pk="bg").exists():
+            break
+        threading.Event().wait(0.05)
+    assert CacheEntry.objects.using(db_alias).filter(pk="bg").exists()
+
+
+def test_delete_removes_the_row_and_the_buffered_write(db_alias):
+    tier = DatabaseTier(using=db_alias)
+    tier.set(entry("gone"))
+    tier.flush()
+    tier.set(entry("gone", fetched_at=5000.0))
+    tier.delete("gone")
+    tier.flush()
+    assert tier.get("gone") is None
+
+
+def test_concurrent_writers_keep_the_newest(db_alias):
+    tier_a, tier_b = DatabaseTier(using=db_alias), DatabaseTier(using=db_alias)
+    errors: list[BaseException] = []
+
+    def write(tier: DatabaseTier, start: int) -> None:
+        try:
+            for i in range(start, 40, 2):
+                tier.set(entry("hot", fetched_at=1000.0 + i, body=str(i).encode()))
+                tier.flush()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(t, s)) for t, s in ((tier_a, 0), (tier_b, 1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert CacheEntry.objects.get_entry("hot", using=db_alias).body == b"39"
