@@ -22,7 +22,8 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Case, CharField, Count, QuerySet, Sum, Value, When
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
@@ -338,22 +339,50 @@ class CacheEntryAdmin(admin.ModelAdmin):
 
 
 def entry_counts() -> list[dict[str, Any]]:
-    """Entries per endpoint and state: one grouped query with conditional counts."""
+    """Entries per endpoint and state: one query, a ``CASE`` per row, grouped.
+
+    Grouped by an expression of ``endpoint``, not the bare column: SQLite
+    would walk the endpoint index to save a sort and look every row up,
+    seconds on a million rows; with the expression it is one plain scan and
+    a sort (PostgreSQL plans either the same). Endpoints no longer registered
+    keep their rows (``purge_stale`` fodder) and get a line of their own.
+    """
     now = round(time.time() * 1000)
-    counts = {state: Count("pk", filter=state_q(state, now=now)) for state in STATES}
-    rows = list(
-        CacheEntry.objects.using(get_settings().database_alias)
-        .values("endpoint")
-        .annotate(
-            total=Count("pk"),
-            bytes=Sum("size"),
-            purgeable=Count("pk", filter=state_q("dead", now=now)),
-            **counts,
-        )
-        .order_by("endpoint")
+    state = Case(
+        *(
+            When(state_q(name, now=now), then=Value(name))
+            for name in ("fresh", "stale", "negative", "dead")
+        ),
+        default=Value("expired"),
+        output_field=CharField(),
     )
+    groups = (
+        CacheEntry.objects.using(get_settings().database_alias)
+        .annotate(state=state, group=Coalesce("endpoint", Value("")))
+        .values("state", "group")
+        .annotate(n=Count("pk"), bytes=Sum("size"))
+        .order_by()
+    )
+    names = registry.names()
+    table = {
+        name: {"endpoint": name, "registered": True, "purgeable": 0, "total": 0, "bytes": 0}
+        for name in names
+    }
+    for group in groups:
+        row = table.setdefault(
+            group["group"],
+            {"endpoint": group["group"], "registered": False, "purgeable": 0, "total": 0},
+        )
+        row.setdefault("bytes", 0)
+        shown = "expired" if group["state"] == "dead" else group["state"]  # as the filter does
+        row[shown] = row.get(shown, 0) + group["n"]
+        row["purgeable"] += group["n"] if group["state"] == "dead" else 0
+        row["total"] += group["n"]
+        row["bytes"] += group["bytes"] or 0
+    rows = [table[name] for name in names]
+    rows += [row for name, row in sorted(table.items()) if name not in names]
     for row in rows:
-        row["by_state"] = [row[state] for state in STATES]
+        row["by_state"] = [row.get(name, 0) for name in STATES]
     return rows
 
 

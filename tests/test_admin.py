@@ -129,6 +129,17 @@ def test_search_finds_a_product_by_its_id_and_a_key_by_its_hash(staff_client):
     assert listed(staff_client.get(CHANGELIST, {"q": "products:SKU1::"})) == {"SKU1"}
     assert listed(staff_client.get(CHANGELIST, {"q": hashes["SKU10"]})) == {"SKU10"}
     assert listed(staff_client.get(CHANGELIST, {"q": "eu"})) == {"eu"}
+    assert listed(staff_client.get(CHANGELIST, {"q": "SKU1", "endpoint": "prices"})) == {"eu"}
+
+
+@pytest.mark.django_db
+def test_search_with_many_matches_takes_the_plain_path(staff_client, monkeypatch):
+    from coalescing import admin as cache_admin
+
+    monkeypatch.setattr(cache_admin, "SEARCH_PIN_LIMIT", 1)
+    store(entry("SKU1", 1_000), entry("SKU2", 1_000), entry("SKU10", 1_000))
+    assert listed(staff_client.get(CHANGELIST, {"q": "SKU1"})) == {"SKU1", "SKU10"}
+    assert listed(staff_client.get(CHANGELIST, {"q": "SKU2"})) == {"SKU2"}
 
 
 @pytest.mark.django_db
@@ -281,6 +292,7 @@ def test_summary_counts_entries_per_endpoint_and_state_and_draws_the_counters(st
         entry("X", ERROR_MS + 1_000),
         entry("N", 1_000, status=404),
         entry("P", 1_000, endpoint="prices"),
+        entry("O", ERROR_MS + 1_000, endpoint="retired"),
     )
     assert Client().get("/products", {"productId": "NEWONE"})["X-Cache"] == "MISS"
     runtime.get_coalescer().flush()
@@ -292,6 +304,8 @@ def test_summary_counts_entries_per_endpoint_and_state_and_draws_the_counters(st
     assert products["by_state"] == [3, 1, 1, 1]  # fresh (F1, F2, NEWONE), stale, expired, neg.
     assert (products["purgeable"], products["total"]) == (1, 6)
     assert rows["prices"]["by_state"] == [1, 0, 0, 0]
+    other = rows["retired"]
+    assert (other["by_state"], other["purgeable"], other["total"]) == ([0, 0, 1, 0], 1, 1)
 
     html = response.content.decode()
     assert "<svg" in html and "coalesced waiters" in html and "upstream" in html
