@@ -21,6 +21,7 @@ from typing import Any
 
 from . import metrics
 from .entry import Entry, Policy, State
+from .health import Health
 from .singleflight import FlightTimeout, SingleFlight
 from .tiers.base import Tier
 from .upstream import (
@@ -79,26 +80,21 @@ class Answer:
 
 
 class TierGuard:
-    """Turns a tier's failure into a miss: counted always, logged once per outage."""
+    """Turns a tier's failure into a miss, by the policy of :class:`Health`."""
 
     def __init__(self, tier: Tier) -> None:
         self.tier = tier
-        self.down = False
+        self.health = Health(tier.name)
 
     def call(self, op: str, fn: Callable[[], Any]) -> Any:
+        if not self.health.available():
+            return None
         try:
             result = fn()
         except Exception as exc:
-            metrics.TIER_ERRORS.labels(self.tier.name, op).inc()
-            if not self.down:
-                self.down = True
-                log.warning(
-                    "coalescing: %s tier failing (%s), treated as a miss", self.tier.name, exc
-                )
+            self.health.failed(op, exc)
             return None
-        if self.down:
-            self.down = False
-            log.warning("coalescing: %s tier is back", self.tier.name)
+        self.health.succeeded()
         return result
 
 
@@ -121,6 +117,11 @@ class Coalescer:
         self.max_bytes = max_bytes
         self.clock = clock
         self.flights: SingleFlight[Outcome] = SingleFlight()
+        #: The cross-process flight (Redis), when there is one.
+        self.distributed: Any = None
+
+    def guard(self, tier_name: str) -> TierGuard | None:
+        return next((g for g in self.tiers if g.tier.name == tier_name), None)
 
     # -- the caller's side ----------------------------------------------------
 
@@ -161,20 +162,25 @@ class Coalescer:
             outcome = flight.result(self.upstream_timeout + WAIT_MARGIN_S)
         except FlightTimeout:
             return self._give_up(lk)
+        if self.distributed is not None and outcome.error is None:
+            # Other processes drop their copy and read the new one from Redis.
+            self.distributed.evict_everywhere(lk.key_hash, lk.name)
         return self._from_outcome(lk, outcome, started)
 
-    def peek(self, key_hash: str) -> Entry | None:
+    def peek(self, key_hash: str, name: str = "") -> Entry | None:
         """The entry of the fastest tier that holds it, whatever its state."""
         for guard in self.tiers:
-            entry = guard.call("get", lambda t=guard.tier: t.get(key_hash))
+            entry = guard.call("get", lambda t=guard.tier: t.get(key_hash, name))
             if entry is not None:
                 return entry
         return None
 
-    def invalidate(self, key_hash: str) -> None:
-        """Remove an entry from every tier."""
+    def invalidate(self, key_hash: str, name: str = "") -> None:
+        """Remove an entry from every tier, and from every process's memory tier."""
         for guard in self.tiers:
-            guard.call("delete", lambda t=guard.tier: t.delete(key_hash))
+            guard.call("delete", lambda t=guard.tier: t.delete(key_hash, name))
+        if self.distributed is not None:
+            self.distributed.evict_everywhere(key_hash, name)
 
     def flush(self) -> None:
         """Write out buffered tier writes (graceful stop, tests)."""
@@ -190,6 +196,8 @@ class Coalescer:
             return Answer(entry, "STALE", source, outcome.error, lk.policy)
         if source == "upstream":
             return self._answer(lk, entry, "MISS" if started else "COALESCED", source)
+        if source == "peer":  # another process made the call: nobody here started it
+            return self._answer(lk, entry, "COALESCED", source)
         if lk.policy.state(entry, self.clock()) is State.STALE:
             self.refresh(lk)
             return self._answer(lk, entry, "STALE", source)
@@ -223,7 +231,7 @@ class Coalescer:
         # Look again in every tier, memory included: the value may have landed
         # since the caller looked (dogpile makes extra calls for want of this).
         for index, guard in enumerate(self.tiers):
-            entry = guard.call("get", lambda t=guard.tier: t.get(lk.key_hash))
+            entry = guard.call("get", lambda t=guard.tier: t.get(lk.key_hash, lk.name))
             if entry is None:
                 continue
             state = lk.policy.state(entry, now)
@@ -235,7 +243,19 @@ class Coalescer:
                 return Outcome(entry, guard.tier.name)
             if best is None or entry.fetched_at > best.fetched_at:
                 best, best_source = entry, guard.tier.name
-        return self._call_upstream(lk, best, best_source)
+        if self.distributed is None:
+            return self._call_upstream(lk, best, best_source)
+        outcome = self.distributed.run(
+            lk,
+            accept,
+            lambda: self._call_upstream(lk, best, best_source),
+            best,
+            best_source,
+            self.clock,
+        )
+        if outcome.source == "peer" and outcome.entry is not None:
+            self.memory.set(outcome.entry, lk.policy.lifetime_ms(outcome.entry))
+        return outcome
 
     def _call_upstream(self, lk: Lookup, fallback: Entry | None, fallback_source: str) -> Outcome:
         try:

@@ -32,6 +32,8 @@ STR_SETTINGS: dict[str, str] = {
     "REDIS_URL": "",
     # The database alias of the persistent tier.
     "DATABASE_ALIAS": "default",
+    # Prefix of every Redis key and channel: several sites can share a Redis.
+    "REDIS_PREFIX": "coalescing",
 }
 
 
@@ -46,6 +48,7 @@ class CoalescingSettings:
     memory_cache_max_bytes: int
     redis_url: str
     database_alias: str
+    redis_prefix: str
 
     @property
     def upstream_timeout(self) -> float:
@@ -97,7 +100,9 @@ def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     at start-up with the name of the bad variable.
     """
     values: dict[str, Any] = {
-        name: environ[name] for name in (*INT_SETTINGS, "REDIS_URL") if environ.get(name, "") != ""
+        name: environ[name]
+        for name in (*INT_SETTINGS, "REDIS_URL", "REDIS_PREFIX")
+        if environ.get(name, "") != ""
     }
     build(values)
     return values

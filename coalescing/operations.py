@@ -32,7 +32,7 @@ def invalidate(endpoint: str, **params: str | Sequence[str]) -> str:
     refuses, and ``KeyError`` for an unknown endpoint.
     """
     lk = _lookup(endpoint, params)
-    get_coalescer().invalidate(lk.key_hash)
+    get_coalescer().invalidate(lk.key_hash, lk.name)
     return lk.key_hash
 
 
@@ -41,8 +41,14 @@ def refresh(endpoint: str, **params: str | Sequence[str]) -> Answer:
     return get_coalescer().refresh_now(_lookup(endpoint, params))
 
 
-def invalidate_key(key_hash: str) -> None:
-    get_coalescer().invalidate(key_hash)
+def invalidate_key(key_hash: str, name: str | None = None) -> None:
+    """Remove an entry by its key hash; give its single-flight ``name`` when known
+    (the Redis key depends on it); otherwise it is read from the entry."""
+    coalescer = get_coalescer()
+    if name is None:
+        entry = coalescer.peek(key_hash)
+        name = entry.name if entry is not None else ""
+    coalescer.invalidate(key_hash, name)
 
 
 def refresh_key(key_hash: str) -> Answer | None:

@@ -13,8 +13,8 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from .coalescer import Coalescer
-from .conf import get_settings
+from .coalescer import WAIT_MARGIN_S, Coalescer
+from .conf import CoalescingSettings, get_settings
 from .tiers.memory import MemoryTier
 from .upstream import UpstreamClient
 
@@ -37,13 +37,62 @@ def _build() -> Coalescer:
     from .tiers.database import DatabaseTier  # imports models: only once apps are ready
 
     conf = get_settings()
-    lower = [DatabaseTier(using=conf.database_alias)]
-    return Coalescer(
-        MemoryTier(conf.memory_cache_max_bytes),
+    memory = MemoryTier(conf.memory_cache_max_bytes)
+    redis_tier = _redis_tier(conf) if conf.redis_url else None
+    lower = [t for t in (redis_tier, DatabaseTier(using=conf.database_alias)) if t is not None]
+    coalescer = Coalescer(
+        memory,
         lower,
         UpstreamClient(),
         upstream_timeout=conf.upstream_timeout,
         max_bytes=conf.upstream_max_bytes,
+    )
+    if redis_tier is not None:
+        coalescer.distributed = _distributed(conf, coalescer, redis_tier)
+    return coalescer
+
+
+def _redis_client(url: str, socket_timeout: float | None) -> Any:
+    import redis
+
+    # A blocking pool waits for a free connection (bounded) instead of raising
+    # when a stampede exhausts it; timeouts are short: Redis is an optimisation.
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=64,
+        timeout=1.0,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=0.5,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def _redis_tier(conf: CoalescingSettings) -> Any:
+    from .tiers.redis import RedisTier
+
+    return RedisTier(_redis_client(conf.redis_url, 0.5), prefix=conf.redis_prefix)
+
+
+def _distributed(conf: CoalescingSettings, coalescer: Coalescer, tier: Any) -> Any:
+    from .distributed import DistributedFlight
+    from .lease import Leases, Notifier
+
+    memory = coalescer.memory
+    notifier = Notifier(
+        tier.client,
+        _redis_client(conf.redis_url, None),  # pub/sub blocks in reads: no socket timeout
+        channel=f"{conf.redis_prefix}:events",
+        on_evict=lambda key_hash, name: memory.delete(key_hash),
+    )
+    notifier.start()  # evictions must reach this process from now on
+    guard = coalescer.guard("redis")
+    assert guard is not None
+    return DistributedFlight(
+        tier,
+        Leases(tier.client, ttl_ms=2000),
+        notifier,
+        guard.health,
+        wait_s=conf.upstream_timeout + WAIT_MARGIN_S,
     )
 
 

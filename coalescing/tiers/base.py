@@ -20,15 +20,17 @@ class Tier(abc.ABC):
     #: Short name shown in ``Cache-Status`` ``detail=`` and in metrics.
     name: str = ""
 
+    # ``name`` is the entry's single-flight name: the Redis tier keeps one
+    # name's keys on one cluster shard with it; other tiers ignore it.
     @abc.abstractmethod
-    def get(self, key_hash: str) -> Entry | None: ...
+    def get(self, key_hash: str, name: str = "") -> Entry | None: ...
 
     @abc.abstractmethod
     def set(self, entry: Entry, lifetime_ms: int) -> None:
         """Store ``entry`` unless the tier holds a newer one (writes are monotonic)."""
 
     @abc.abstractmethod
-    def delete(self, key_hash: str) -> None: ...
+    def delete(self, key_hash: str, name: str = "") -> None: ...
 
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Write out anything buffered (on shutdown and in tests)."""

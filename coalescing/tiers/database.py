@@ -36,7 +36,7 @@ class DatabaseTier(Tier):
         self._closed = False
         self._atexit_registered = False
 
-    def get(self, key_hash: str) -> Entry | None:
+    def get(self, key_hash: str, name: str = "") -> Entry | None:
         with self._pending_lock:
             pending = self._pending.get(key_hash)
         if pending is not None:
@@ -55,7 +55,7 @@ class DatabaseTier(Tier):
         self._ensure_writer()
         self._wakeup.set()
 
-    def delete(self, key_hash: str) -> None:
+    def delete(self, key_hash: str, name: str = "") -> None:
         # Under the write lock: a batch taken from the buffer but not yet
         # written would otherwise bring the row back after the delete.
         with self._write_lock:

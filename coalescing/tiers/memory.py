@@ -18,7 +18,7 @@ class MemoryTier(Tier):
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._bytes = 0
 
-    def get(self, key_hash: str) -> Entry | None:
+    def get(self, key_hash: str, name: str = "") -> Entry | None:
         with self._lock:
             entry = self._entries.get(key_hash)
             if entry is not None:
@@ -41,7 +41,7 @@ class MemoryTier(Tier):
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= evicted.size
 
-    def delete(self, key_hash: str) -> None:
+    def delete(self, key_hash: str, name: str = "") -> None:
         with self._lock:
             old = self._entries.pop(key_hash, None)
             if old is not None:

@@ -1,0 +1,152 @@
+"""One upstream call per key across every process that shares a Redis.
+
+Inside a process the single flight already lets one greenlet per key through;
+that greenlet comes here. It takes the key's lease and leads, or follows the
+process that holds it: woken by pub/sub when the leader is done, polling on
+a short bounded interval in case a message is lost, and taking the lease over
+when it lapses with no value (its holder died). Redis failing means leading
+locally: each process coalesces on its own and keeps serving.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis
+
+from . import metrics
+from .coalescer import Lookup, Outcome
+from .entry import Entry, State
+from .health import Health
+from .lease import Leases, Notifier
+from .tiers.redis import RedisTier
+from .upstream import UpstreamError, UpstreamTimeout
+
+#: Fallback poll while waiting on another process (pub/sub normally wakes us).
+POLL_S = 0.25
+
+
+class DistributedFlight:
+    def __init__(
+        self,
+        tier: RedisTier,
+        leases: Leases,
+        notifier: Notifier,
+        health: Health,
+        wait_s: float,
+    ) -> None:
+        self.tier = tier
+        self.leases = leases
+        self.notifier = notifier
+        self.health = health
+        self.wait_s = wait_s
+
+    def run(
+        self,
+        lk: Lookup,
+        accept: frozenset[State],
+        lead: Callable[[], Outcome],
+        fallback: Entry | None,
+        fallback_source: str,
+        now: Callable[[], float],
+    ) -> Outcome:
+        if not self.health.available():
+            return lead()
+        try:
+            self.notifier.start()
+            return self._run(lk, accept, lead, fallback, fallback_source, now)
+        except redis.RedisError as exc:
+            self.health.failed("lease", exc)
+            return lead()
+
+    def _run(self, lk, accept, lead, fallback, fallback_source, now) -> Outcome:
+        lease_key = self.tier.lease_key(lk.key_hash, lk.name)
+        started = now()
+        deadline = time.monotonic() + self.wait_s
+
+        def landed() -> Entry | None:
+            """A value that answers us: acceptable, or fetched since we began."""
+            entry = self.tier.get(lk.key_hash, lk.name)
+            if entry is None:
+                return None
+            if lk.policy.state(entry, now()) in accept or entry.fetched_at >= started:
+                return entry
+            return None
+
+        took_over = False
+        with self.notifier.waiting(lk.key_hash) as waiter:
+            while True:
+                token = self.leases.acquire(lease_key)
+                self.health.succeeded()
+                if token is not None:
+                    if took_over:
+                        metrics.LEASE_TAKEOVERS.labels(lk.endpoint).inc()
+                    return self._lead(lk, lead, lease_key, token, landed)
+                # Another process leads: wait for its word, or for its lease to lapse.
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        error = UpstreamTimeout("another process's upstream call did not end")
+                        return _fallback(lk, fallback, fallback_source, error, now())
+                    waiter.event.wait(min(POLL_S, remaining))
+                    message, waiter.message = waiter.message, None
+                    waiter.event.clear()
+                    if message is not None and message[0] == "fail":
+                        return _fallback(lk, fallback, fallback_source, _error(message), now())
+                    entry = landed()
+                    if entry is not None:
+                        return Outcome(entry, "peer")
+                    if not self.leases.held(lease_key):
+                        took_over = True
+                        break
+
+    def _lead(self, lk, lead, lease_key, token, landed) -> Outcome:
+        with self.leases.renewed(lease_key, token):
+            # Look again now that the lease is ours: the last holder may have
+            # stored the value between our first look and our taking the lease.
+            try:
+                entry = landed()
+            except Exception:
+                entry = None
+            outcome = Outcome(entry, "redis") if entry is not None else lead()
+        try:
+            if outcome.error is not None:
+                error = outcome.error
+                self.notifier.publish(
+                    "fail", lk.key_hash, error.http_status, error.fwd_status, str(error)[:200]
+                )
+            else:
+                self.notifier.publish("done", lk.key_hash)
+            self.leases.release(lease_key, token)
+        except redis.RedisError as exc:
+            self.health.failed("lease", exc)
+        return outcome
+
+    def evict_everywhere(self, key_hash: str, name: str) -> None:
+        """Tell every other process to drop ``key_hash`` from its memory tier."""
+        if not self.health.available():
+            return
+        try:
+            self.notifier.publish("evict", key_hash, name)
+        except redis.RedisError as exc:
+            self.health.failed("publish", exc)
+
+
+def _error(message: list[str]) -> UpstreamError:
+    """The leader's error, as reported in its ``fail`` message."""
+    try:
+        http_status, fwd_status = int(message[3]), int(message[4])
+    except (IndexError, ValueError):
+        http_status, fwd_status = 502, 502
+    text = message[5] if len(message) > 5 else "upstream call failed in another process"
+    cls = UpstreamTimeout if http_status == 504 else UpstreamError
+    return cls(text, fwd_status if fwd_status != http_status else None)
+
+
+def _fallback(
+    lk: Lookup, fallback: Entry | None, source: str, error: UpstreamError, now: float
+) -> Outcome:
+    if fallback is not None and lk.policy.usable_on_error(fallback, now):
+        return Outcome(fallback, source, error)
+    return Outcome(None, "upstream", error)
