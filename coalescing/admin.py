@@ -184,6 +184,9 @@ class CacheEntryAdmin(admin.ModelAdmin):
     )
     readonly_fields = fields
 
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        return super().changelist_view(request, {"title": "Cache entries", **(extra_context or {})})
+
     # -- what may be done ------------------------------------------------------
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -253,7 +256,8 @@ class CacheEntryAdmin(admin.ModelAdmin):
 
     @admin.display(description="age", ordering="-fetched_at_ms")
     def age(self, obj: CacheEntry) -> str:
-        return format_age(time.time() - obj.fetched_at_ms / 1000.0)
+        age = format_age(time.time() - obj.fetched_at_ms / 1000.0)
+        return format_html('<span style="white-space:nowrap">{}</span>', age)
 
     @admin.display(description="last fetched", ordering="fetched_at_ms")
     def fetched(self, obj: CacheEntry) -> datetime.datetime:
