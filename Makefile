@@ -35,3 +35,26 @@ lint: $(VENV)/.installed-test
 format: $(VENV)/.installed-test
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+# Benchmarks (issue 5): the bench extras, wrk and nginx (Debian packages, when
+# root with apt-get; a peer whose tool is missing is skipped with a note), then
+# bench/run.py. QUICK=1: a smoke run of a few minutes, written under /tmp.
+# BENCH_ONLY=W1,W3 and BENCH_TARGETS=ours,bare narrow it down.
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
+	@missing=""; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "bench: installing$$missing"; \
+	    (apt-get update -q && apt-get install -y -q $$missing) >/dev/null \
+	      || echo "bench: could not install$$missing: the workloads that need them are skipped"; \
+	  else \
+	    echo "bench: missing$$missing (needs root and apt-get): the workloads that need them are skipped"; \
+	  fi; \
+	fi
+	QUICK=$(QUICK) BENCH_ONLY=$(BENCH_ONLY) BENCH_TARGETS=$(BENCH_TARGETS) $(PY) -m bench.run

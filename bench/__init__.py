@@ -1,0 +1,1 @@
+"""The benchmark suite: ``make bench`` runs :mod:`bench.run`."""
