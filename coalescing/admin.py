@@ -141,18 +141,18 @@ def pretty_body(body: bytes) -> str:
     return text
 
 
-def _keys(queryset: QuerySet, size: int = 500) -> Iterator[str]:
-    """The primary keys of ``queryset``, read in batches (keyset pagination)."""
+def _keys(queryset: QuerySet, size: int = 500) -> Iterator[tuple[str, str]]:
+    """``(key hash, single-flight name)`` of ``queryset``'s rows, in batches (keyset pagination)."""
     after: str | None = None
     while True:
         page = queryset.order_by("pk")
         if after is not None:
             page = page.filter(pk__gt=after)
-        keys = list(page.values_list("pk", flat=True)[:size])
+        keys = list(page.values_list("pk", "name")[:size])
         yield from keys
         if len(keys) < size:
             return
-        after = keys[-1]
+        after = keys[-1][0]
 
 
 @admin.register(CacheEntry)
@@ -305,17 +305,17 @@ class CacheEntryAdmin(admin.ModelAdmin):
     @admin.action(description="Delete from every tier", permissions=["delete"])
     def delete_entries(self, request: HttpRequest, queryset: QuerySet) -> None:
         deleted = 0
-        for key_hash in _keys(queryset):
-            operations.invalidate_key(key_hash)
+        for key_hash, name in _keys(queryset):
+            operations.invalidate_key(key_hash, name)
             deleted += 1
         self.message_user(request, f"Deleted {deleted} cache entries.", messages.SUCCESS)
 
     def delete_model(self, request: HttpRequest, obj: CacheEntry) -> None:
-        operations.invalidate_key(obj.key_hash)
+        operations.invalidate_key(obj.key_hash, obj.name)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for key_hash in _keys(queryset):
-            operations.invalidate_key(key_hash)
+        for key_hash, name in _keys(queryset):
+            operations.invalidate_key(key_hash, name)
 
     # -- the summary ---------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -266,6 +267,29 @@ def test_delete_removes_entries_from_the_database_and_the_memory_tier(staff_clie
     calls = upstream.count
     assert Client().get("/products", {"productId": "D1"})["X-Cache"] == "MISS"
     assert upstream.count == calls + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_delete_evicts_the_redis_tier_too(staff_client, settings, redis_url):
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings.COALESCING = {"REDIS_URL": redis_url, "REDIS_PREFIX": prefix}
+    assert Client().get("/products", {"productId": "R1"})["X-Cache"] == "MISS"
+    coalescer = runtime.get_coalescer()
+    coalescer.flush()
+    row = CacheEntry.objects.get()
+    redis_tier = coalescer.guard("redis").tier
+    try:
+        assert redis_tier.get(row.key_hash, row.name) is not None
+        response = staff_client.post(
+            CHANGELIST, {"action": "delete_entries", "_selected_action": [row.key_hash]}
+        )
+        assert response.status_code == 302
+        assert redis_tier.get(row.key_hash, row.name) is None
+        assert coalescer.memory.get(row.key_hash) is None
+        assert not CacheEntry.objects.exists()
+    finally:
+        for key in redis_tier.client.scan_iter(f"{prefix}:*"):
+            redis_tier.client.delete(key)
 
 
 @pytest.mark.django_db(transaction=True)
