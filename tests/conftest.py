@@ -61,13 +61,14 @@ def postgres_database() -> Iterator[str]:
     except Exception:
         missing_service(f"PostgreSQL does not answer at {POSTGRES_URL}")
     name = f"coalescing_e2e_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
     base = POSTGRES_URL.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ def _close_stray_postgres_sessions(django_db_setup, django_db_blocker):
         return
     import psycopg
 
-    name = settings.DATABASES["postgres"]["NAME"]
+    name = settings.DATABASES["postgres"]["TEST"]["NAME"]
     with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=2) as admin:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
