@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import include, path
 
 from coalescing.views import metrics_view
@@ -10,3 +11,6 @@ urlpatterns = [
     path("demo/", include("products.demo_upstream")),
     path("", api.urls),
 ]
+# The admin's CSS and JS under `manage.py serve` in development (DEBUG only);
+# a deployment serves STATIC_ROOT (`collectstatic`) from its web server.
+urlpatterns += staticfiles_urlpatterns()
