@@ -22,6 +22,12 @@ from typing import Any
 from . import metrics
 from .entry import Entry, Policy, State
 from .health import Health
+from .protection import (
+    ConcurrencyLimit,
+    FailureBackoff,
+    UpstreamHeldBack,
+    UpstreamOverloaded,
+)
 from .singleflight import FlightTimeout, SingleFlight
 from .tiers.base import Tier
 from .upstream import (
@@ -107,6 +113,7 @@ class Coalescer:
         *,
         upstream_timeout: float,
         max_bytes: int,
+        max_concurrency: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.memory = memory
@@ -117,6 +124,9 @@ class Coalescer:
         self.max_bytes = max_bytes
         self.clock = clock
         self.flights: SingleFlight[Outcome] = SingleFlight()
+        # Waiting for a slot comes out of the waiters' margin, not the upstream's budget.
+        self.limit = ConcurrencyLimit(max_concurrency, wait_s=WAIT_MARGIN_S * 0.8)
+        self.backoff = FailureBackoff(clock=lambda: self.clock())
         #: The cross-process flight (Redis), when there is one.
         self.distributed: Any = None
 
@@ -261,11 +271,17 @@ class Coalescer:
 
     def _call_upstream(self, lk: Lookup, fallback: Entry | None, fallback_source: str) -> Outcome:
         try:
-            entry = self._fetch(lk)
+            self.backoff.check(lk.key_hash)
+            with self.limit.slot():
+                entry = self._fetch(lk)
         except UpstreamError as error:
+            self.backoff.failed(lk.key_hash, error)
+            if isinstance(error, UpstreamHeldBack | UpstreamOverloaded):
+                metrics.UPSTREAM_REFUSED.labels(lk.endpoint, type(error).__name__).inc()
             if fallback is not None and lk.policy.usable_on_error(fallback, self.clock()):
                 return Outcome(fallback, fallback_source, error)
             return Outcome(None, "upstream", error)
+        self.backoff.succeeded(lk.key_hash)
         self._write(lk, entry, self.tiers)
         return Outcome(entry, "upstream")
 

@@ -27,6 +27,8 @@ INT_SETTINGS: dict[str, tuple[int, int]] = {
     "UPSTREAM_TIMEOUT_MS": (5_000, 1),
     "UPSTREAM_MAX_BYTES": (1_048_576, 1),
     "MEMORY_CACHE_MAX_BYTES": (67_108_864, 0),
+    # Upstream calls at once per process; 0: no cap.
+    "UPSTREAM_MAX_CONCURRENCY": (100, 0),
 }
 STR_SETTINGS: dict[str, str] = {
     "REDIS_URL": "",
@@ -46,6 +48,7 @@ class CoalescingSettings:
     upstream_timeout_ms: int
     upstream_max_bytes: int
     memory_cache_max_bytes: int
+    upstream_max_concurrency: int
     redis_url: str
     database_alias: str
     redis_prefix: str

@@ -36,6 +36,11 @@ UPSTREAM_LATENCY = Histogram(
     ["endpoint"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+UPSTREAM_REFUSED = Counter(
+    "coalescing_upstream_refused",
+    "Upstream calls not made: over the concurrency cap, or held back after failures.",
+    ["endpoint", "reason"],
+)
 LEASE_TAKEOVERS = Counter(
     "coalescing_lease_takeovers", "Leases taken over after their holder lapsed.", ["endpoint"]
 )

@@ -55,7 +55,10 @@ def build_response(answer: Answer, now: float) -> HttpResponse:
         error = answer.error
         status = error.http_status if error is not None else 502
         detail = str(error) if error is not None else "upstream failed"
-        return error_response(status, detail, {"Cache-Status": cache_status(answer, now)})
+        headers = {"Cache-Status": cache_status(answer, now)}
+        if error is not None and error.retry_after:
+            headers["Retry-After"] = str(error.retry_after)
+        return error_response(status, detail, headers)
     response = HttpResponse(entry.body, status=entry.status, content_type=entry.content_type)
     response["Content-Length"] = str(len(entry.body))
     response["X-Cache"] = answer.x_cache

@@ -46,6 +46,7 @@ def _build() -> Coalescer:
         UpstreamClient(),
         upstream_timeout=conf.upstream_timeout,
         max_bytes=conf.upstream_max_bytes,
+        max_concurrency=conf.upstream_max_concurrency,
     )
     if redis_tier is not None:
         coalescer.distributed = _distributed(conf, coalescer, redis_tier)

@@ -31,6 +31,7 @@ READ_CHUNK = 16 * 1024
 
 class UpstreamError(Exception):
     http_status = 502  # what the client gets when no stale value can be served
+    retry_after: int | None = None  # seconds, for a ``Retry-After`` header
 
     def __init__(self, message: str, upstream_status: int | None = None) -> None:
         super().__init__(message)

@@ -170,8 +170,10 @@ def test_upstream_failures_without_stale_value(clock, client, upstream, mode, st
     assert answer.status_code == expected
     assert "detail" in json.loads(answer.content)
     assert "fwd-status" in parse_cache_status(answer["Cache-Status"])
-    # An error is never stored: the next request calls the upstream again.
+    # An error is never stored: once the short hold-back after a failure is
+    # over, the next request calls the upstream again.
     upstream.mode = "ok"
+    clock.advance(1000)
     assert get(client)["X-Cache"] == "MISS"
     runtime.get_coalescer().flush()
     assert CacheEntry.objects.count() == 1
@@ -316,3 +318,50 @@ def test_waiters_are_answered_even_when_the_leader_is_slow(clock, client, upstre
         t.join(10)
     assert results == [504] * 5
     assert time.monotonic() - started < 2.5
+
+
+def test_calls_after_a_failure_are_held_back_for_a_growing_interval(clock, client, upstream):
+    upstream.mode, upstream.status = "status", 503
+    assert get(client).status_code == 502
+    held = get(client)
+    assert held.status_code == 502 and held["Retry-After"] == "1"
+    assert upstream.count == 1  # held back: the upstream saw no second call
+    clock.advance(300)  # past the first interval (250 ms)
+    assert get(client).status_code == 502
+    assert upstream.count == 2
+    clock.advance(300)  # the second interval is 500 ms: still held back
+    assert get(client).status_code == 502
+    assert upstream.count == 2
+    clock.advance(300)
+    upstream.mode = "ok"
+    assert get(client).status_code == 200  # a success clears the record
+    assert upstream.count == 3
+
+
+def test_stale_is_served_while_calls_are_held_back(clock, client, upstream):
+    first = get(client)
+    clock.advance(STALE_MS + 1)
+    upstream.mode, upstream.status = "status", 500
+    answers = [get(client) for _ in range(5)]
+    assert {a.status_code for a in answers} == {200}
+    assert all(a.content == first.content for a in answers)
+    assert upstream.count == 2  # one failed call; the other four held back
+
+
+def test_the_concurrency_cap_answers_503_with_retry_after(settings, clock, upstream):
+    settings.COALESCING = {
+        **settings.COALESCING,
+        "UPSTREAM_MAX_CONCURRENCY": 2,
+        "UPSTREAM_TIMEOUT_MS": 3000,
+    }
+    runtime.reset()
+    upstream.delay = 1.5  # each call holds its slot longer than a queued call may wait
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda i: get(Client(), product=f"CAP{i}"), range(5)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200, 200, 503, 503, 503]
+    assert upstream.count == 2
+    for a in answers:
+        if a.status_code == 503:
+            assert a["Retry-After"] == "1"
+            assert "detail" in json.loads(a.content)
