@@ -209,6 +209,7 @@ def stampede(spec: dict[str, Any]) -> dict[str, Any]:
     greenlets = [gevent.spawn(fire, i) for i in range(n)]
     gevent.sleep(0.05)
     fired = time.perf_counter()
+    fired_wall = time.time()
     go.set()
     gevent.joinall(greenlets, timeout=timeout + 5)
     for conn in conns:
@@ -226,6 +227,7 @@ def stampede(spec: dict[str, Any]) -> dict[str, Any]:
         "x_cache": dict(x_cache),
         "latency_ms": percentiles(ok),
         "makespan_ms": round((max(finished) - fired) * 1000, 2) if ok else None,
+        "fired_wall": fired_wall,
     }
 
 

@@ -145,13 +145,25 @@ def w1_table(w1: dict[str, Any], setup: str) -> str:
             [
                 name,
                 fmt(m["calls"], 0) if name != "bare" else "(none)",
+                fmt(m.get("call_start_ms")),
                 fmt(m["p50_ms"]),
                 fmt(m["p99_ms"]),
                 fmt(m["makespan_ms"]),
                 fmt(m["errors"], 0),
             ]
         )
-    return table(["target", "upstream calls", "p50 ms", "p99 ms", "last answer ms", "errors"], rows)
+    return table(
+        [
+            "target",
+            "upstream calls",
+            "1st call after ms",
+            "p50 ms",
+            "p99 ms",
+            "last answer ms",
+            "errors",
+        ],
+        rows,
+    )
 
 
 def w2_table(w2: dict[str, Any]) -> str:
@@ -426,6 +438,14 @@ def render(res: dict[str, Any], images: list[str]) -> str:
                     f"{' '.join(map(str, m['loadavg_start']))} / "
                     f"{' '.join(map(str, m.get('loadavg_end', [])))}",
                 ],
+                [
+                    "1-min load average as each workload began",
+                    ", ".join(
+                        f"{w} {' / '.join(map(str, v))}"
+                        for w, v in sorted(m.get("loadavg_1min_at_workload_start", {}).items())
+                    )
+                    or "–",
+                ],
                 ["versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)],
             ],
         ),
@@ -458,7 +478,9 @@ def render(res: dict[str, Any], images: list[str]) -> str:
             f"Upstream latency {latency:g} ms. The connections are opened first, then every "
             "request is sent at once; latency is from each request's send to its last byte. "
             f"Medians of {plan['reps']} runs, a new key each run. `bare` is no cache at all: "
-            "the same burst of constant answers, what the framework alone costs.",
+            "the same burst of constant answers, what the framework alone costs. "
+            "`1st call after` is when the upstream saw the first call, counted from the "
+            "burst: the time the server took to take the burst in before calling.",
             "",
             "One process (`manage.py serve`; nginx: 1 worker):",
             "",

@@ -13,6 +13,7 @@ Environment:
   ``/tmp/coalescing-bench-quick/`` instead of the results and ``docs/``;
 - ``BENCH_ONLY=W1,W3``: only these workloads;
 - ``BENCH_TARGETS=ours,bare``: only these servers;
+- ``BENCH_PLAN='{"w4_keys": 30000}'``: change any field of :class:`Plan`;
 - ``BENCH_OUT=path.json``: where the results go (default ``bench/results/latest.json``);
 - ``BENCH_KEEP_LOGS=1``: keep the servers' logs (their folder is printed).
 """
@@ -81,7 +82,7 @@ class Plan:
     body_size: int = 1024
     w1_n: int = 1000
     w2_duration: float = 20.0
-    w2_baseline_duration: float = 8.0
+    w2_baseline_duration: float = 5.0
     w2_reps: int = 2
     w2_conns: int = 64
     w3_duration: float = 5.0
@@ -103,6 +104,15 @@ class Plan:
 
     @classmethod
     def from_env(cls) -> Plan:
+        plan = cls._from_quick()
+        for name, value in json.loads(os.environ.get("BENCH_PLAN") or "{}").items():
+            if not hasattr(plan, name):
+                raise SystemExit(f"BENCH_PLAN: no setting {name!r}")
+            setattr(plan, name, value)
+        return plan
+
+    @classmethod
+    def _from_quick(cls) -> Plan:
         if os.environ.get("QUICK", "") not in ("", "0"):
             return cls(
                 quick=True,
@@ -269,8 +279,10 @@ class Servers:
         memory_bytes: int | None = None,
         db_url: str | None = None,
         settings_module: str | None = None,
+        env_extra: dict[str, str] | None = None,
     ) -> Deployment:
         extra = {"DJANGO_SETTINGS_MODULE": settings_module or "coalesce_project.settings"}
+        extra.update(env_extra or {})
         if memory_bytes is not None:
             extra["MEMORY_CACHE_MAX_BYTES"] = str(memory_bytes)
         if multi:
@@ -461,6 +473,7 @@ class Bench:
         self.targets = targets
         self.notes: list[str] = []
         self.results: dict[str, Any] = {}
+        self.loadavg: dict[str, list[float]] = {}
 
     def note(self, text: str) -> None:
         log("note: " + text)
@@ -475,8 +488,13 @@ class Bench:
         )
         time.sleep(0.3)  # a late call would still be counted
         lat = res["latency_ms"]
+        calls = up.calls_detail(key, 0)
+        first = min((c[0] for c in calls), default=None)
         return {
-            "calls": up.calls(key).get(key, 0),
+            "calls": len(calls),
+            # How long after the burst the (first) upstream call began: the
+            # time spent taking the burst in before anyone called the upstream.
+            "call_start_ms": (first - res["fired_wall"]) * 1000 if first else None,
             "p50_ms": lat.get("p50"),
             "p99_ms": lat.get("p99"),
             "max_ms": lat.get("max"),
@@ -498,7 +516,9 @@ class Bench:
         self.results.setdefault("W1", {})[setup] = {
             n: {
                 "runs": r,
-                "median": median_of(r, ("calls", "p50_ms", "p99_ms", "makespan_ms", "errors")),
+                "median": median_of(
+                    r, ("calls", "call_start_ms", "p50_ms", "p99_ms", "makespan_ms", "errors")
+                ),
             }
             for n, r in runs.items()
         }
@@ -755,6 +775,12 @@ class Bench:
         plan = self.plan
         names = [n for n in deps if n != "bare"]
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        for name in names:
+            # Not recorded: fills the connection pools (to the upstream, to Redis),
+            # so that the runs measure misses, not first connections.
+            warm(
+                deps[name], [f"w6warm-{name}-{i}" for i in range(plan.w6_conns * 2)], plan.w6_conns
+            )
         for rep in range(plan.reps):
             for name in rotated(names, rep):
                 log(f"W6 cold misses {name} rep {rep}")
@@ -976,7 +1002,11 @@ def main() -> int:
         "duration_s": round(time.time() - started, 1),
         "quick": plan.quick,
         "plan": dataclasses.asdict(plan),
-        "machine": info | {"loadavg_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": info
+        | {
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+            "loadavg_1min_at_workload_start": bench.loadavg,
+        },
         "targets": targets,
         "workloads": bench.results,
         "notes": bench.notes,
@@ -1070,6 +1100,8 @@ def multi_stampede(
 
 def guarded(bench: Bench, workload: str, run: Callable[[], None]) -> None:
     """A failed workload is reported, and the others still run."""
+    # The machine is shared: how busy it was when each workload began.
+    bench.loadavg.setdefault(workload, []).append(round(os.getloadavg()[0], 2))
     try:
         run()
     except KeyboardInterrupt:

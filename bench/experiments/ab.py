@@ -1,0 +1,100 @@
+"""Before and after: ours as it is against ours with proposed patches, interleaved.
+
+``python -m bench.experiments.ab w3 fasthits`` runs W3 (wrk, warm key) on
+``bare``, ours, and ours with ``BENCH_PATCHES=fasthits``, alternating, and
+prints the medians; ``w6 dbpool`` does the same with cold misses, ``w5
+backoff`` with the outage. Each run is short: this is the evidence behind a
+proposal in docs/benchmarks.md, not a benchmark of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.procs import Procs
+from bench.run import (
+    HOUR_MS,
+    Bench,
+    Plan,
+    Servers,
+    Upstream,
+    find_tools,
+    loadgen,
+    warm,
+    wrk,
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workload", choices=("w3", "w5", "w6"))
+    parser.add_argument("patches", help="comma-separated names of bench.experiments.patches")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    tools = find_tools()
+    tmp = Path(tempfile.mkdtemp(prefix="coalescing-ab-"))
+    fresh = 1000 if args.workload == "w5" else HOUR_MS
+    stale = 60_000 if args.workload == "w5" else 2 * HOUR_MS
+    results: dict[str, list[dict[str, Any]]] = {}
+    with Procs(tmp) as procs:
+        up = Upstream(procs, 200.0, 1024)
+        servers = Servers(procs, up, tmp, tools)
+        deps = {
+            "before": servers.ours(fresh, stale),
+            "after": servers.ours(
+                fresh,
+                stale,
+                settings_module="bench.experiments.settings",
+                env_extra={"BENCH_PATCHES": args.patches},
+            ),
+        }
+        if args.workload == "w3":
+            deps["bare"] = servers.peer("bare", fresh, stale)
+        plan = Plan.from_env()
+        plan.w5_reps = 1
+        bench = Bench(plan, tools, list(deps))
+        for rep in range(args.reps):
+            order = list(deps) if rep % 2 == 0 else list(reversed(deps))
+            for name in order:
+                dep = deps[name]
+                if args.workload == "w3":
+                    warm(dep, ["ab-hot"])
+                    res = wrk(dep.url("ab-hot"), 32, args.seconds, tools)
+                    got = {"rps": res["rps"], "p50": res.get("p50"), "p99": res.get("p99")}
+                elif args.workload == "w6":
+                    res = loadgen(
+                        {
+                            "mode": "closed",
+                            "pattern": dep.fronts[0]
+                            + f"/products?productId=ab-{name}-{rep}-"
+                            + "{i}&fields=name,price",
+                            "count": 1000,
+                            "order": "once",
+                            "connections": 64,
+                            "duration": 120,
+                        },
+                        timeout=200,
+                    )
+                    lat = res["latency_ms"]
+                    got = {"added_p50": lat["p50"] - 200, "added_p99": lat["p99"] - 200}
+                else:
+                    got = bench.w5_run(up, dep, f"ab-{name}-{rep}-")
+                    got = {k: got[k] for k in ("errors", "calls_per_key_s", "max_calls_per_key_s")}
+                print(name, rep, json.dumps(got), flush=True)
+                results.setdefault(name, []).append(got)
+    summary = {
+        name: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        for name, runs in results.items()
+    }
+    print(json.dumps({"workload": args.workload, "patches": args.patches, "medians": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

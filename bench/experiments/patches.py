@@ -1,0 +1,123 @@
+"""Proposed changes of ``coalescing``, as patches applied in one process only.
+
+They are measurements, not code to keep: each stands for a change proposed in
+docs/benchmarks.md, written as the smallest patch that shows what the change
+buys. ``ApplyPatches`` is a middleware only to run once Django is set up; it
+applies the patches named in ``BENCH_PATCHES`` and then drops out.
+
+- ``dbpool``: the database tier's reads run in a few long-lived greenlets that
+  keep their connection, instead of each flight opening (and closing) one.
+- ``fasthits``: the hit path remembers the lookup of a query string it has
+  parsed already, and the labelled metric children it has used.
+- ``backoff``: after a failed refresh of a key, no new refresh of that key
+  for one second (stale is served meanwhile).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.core.exceptions import MiddlewareNotUsed
+
+
+def dbpool(readers: int = 4) -> None:
+    import gevent
+    import gevent.event
+    import gevent.queue
+
+    from coalescing.tiers.database import DatabaseTier
+
+    original = DatabaseTier.get
+    jobs: Any = gevent.queue.Queue()
+
+    def reader() -> None:
+        while True:
+            fn, result = jobs.get()
+            try:
+                result.set(fn())
+            except BaseException as exc:  # handed to the caller
+                result.set_exception(exc)
+
+    for _ in range(readers):
+        gevent.spawn(reader)
+
+    def get(self: DatabaseTier, key_hash: str, *args: Any, **kwargs: Any) -> Any:
+        result = gevent.event.AsyncResult()
+        jobs.put((lambda: original(self, key_hash, *args, **kwargs), result))
+        return result.get(timeout=10)
+
+    DatabaseTier.get = get  # type: ignore[method-assign]
+
+
+def fasthits(limit: int = 10_000) -> None:
+    from coalescing import endpoint as module
+    from coalescing import metrics
+    from coalescing.errors import BadRequest
+    from coalescing.responses import build_response, error_response
+    from coalescing.runtime import get_coalescer
+
+    def view(self: Any, request: Any) -> Any:
+        lookups = self.__dict__.setdefault("_bench_lookups", {})
+        query = request.META.get("QUERY_STRING", "")
+        lk = lookups.get(query)
+        if lk is None:
+            try:
+                lk = self.lookup_query(dict(request.GET.lists()))
+            except BadRequest as exc:
+                return error_response(400, exc.detail)
+            if len(lookups) >= limit:
+                lookups.clear()
+            lookups[query] = lk
+        coalescer = get_coalescer()
+        answer = coalescer.get(lk)
+        counters = self.__dict__.setdefault("_bench_counters", {})
+        counter = counters.get(answer.x_cache)
+        if counter is None:
+            counter = counters[answer.x_cache] = metrics.REQUESTS.labels(
+                self.name, answer.x_cache or "ERROR"
+            )
+        counter.inc()
+        return build_response(answer, coalescer.clock())
+
+    module.CoalescedEndpoint.view = view  # type: ignore[method-assign]
+
+
+def backoff(seconds: float = 1.0) -> None:
+    from coalescing.coalescer import Coalescer
+
+    failed: dict[str, float] = {}
+    load, refresh = Coalescer._load, Coalescer.refresh
+
+    def patched_load(self: Coalescer, lk: Any, *args: Any, **kwargs: Any) -> Any:
+        outcome = load(self, lk, *args, **kwargs)
+        if outcome.error is not None:
+            failed[lk.key_hash] = time.monotonic()
+        else:
+            failed.pop(lk.key_hash, None)
+        return outcome
+
+    def patched_refresh(self: Coalescer, lk: Any, *args: Any, **kwargs: Any) -> Any:
+        when = failed.get(lk.key_hash)
+        if when is not None and time.monotonic() - when < seconds:
+            return False
+        return refresh(self, lk, *args, **kwargs)
+
+    Coalescer._load = patched_load  # type: ignore[method-assign]
+    Coalescer.refresh = patched_refresh  # type: ignore[method-assign]
+
+
+PATCHES: dict[str, Callable[[], None]] = {
+    "dbpool": dbpool,
+    "fasthits": fasthits,
+    "backoff": backoff,
+}
+
+
+class ApplyPatches:
+    def __init__(self, get_response: Callable[..., Any]) -> None:
+        for name in filter(None, os.environ.get("BENCH_PATCHES", "").split(",")):
+            PATCHES[name.strip()]()
+        raise MiddlewareNotUsed
