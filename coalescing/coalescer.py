@@ -60,9 +60,14 @@ class Lookup:
     key_hash: str
     name: str
     policy: Policy
-    request: UpstreamRequest
+    #: Builds the upstream request: only a miss needs it, never the hit path.
+    build_request: Callable[[], UpstreamRequest]
     content_type: str
     validate_body: Callable[[bytes], None]
+
+    @property
+    def request(self) -> UpstreamRequest:
+        return self.build_request()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -288,7 +293,8 @@ class Coalescer:
     def _fetch(self, lk: Lookup) -> Entry:
         started = time.monotonic()
         try:
-            response = self.client.fetch(lk.request, self.upstream_timeout, self.max_bytes)
+            request = lk.request
+            response = self.client.fetch(request, self.upstream_timeout, self.max_bytes)
             if response.status == 404:
                 body = NOT_FOUND_BODY
             else:
@@ -310,7 +316,7 @@ class Coalescer:
             body=body,
             content_type=lk.content_type,
             fetched_at=round(self.clock(), 3),
-            upstream_url=lk.request.full_url,
+            upstream_url=request.full_url,
         )
 
     @staticmethod

@@ -96,7 +96,7 @@ class CoalescedEndpoint(Generic[P]):
             key_hash=key_hash,
             name=self.coalescing_name(params),
             policy=self.policy(),
-            request=self.upstream_request(params),
+            build_request=lambda: self.upstream_request(params),
             content_type=self.content_type,
             validate_body=self.validate_body,
         )
@@ -109,7 +109,7 @@ class CoalescedEndpoint(Generic[P]):
             key_hash=entry.key_hash,
             name=entry.name,
             policy=self.policy(),
-            request=UpstreamRequest(entry.upstream_url),
+            build_request=lambda: UpstreamRequest(entry.upstream_url),
             content_type=self.content_type,
             validate_body=self.validate_body,
         )
