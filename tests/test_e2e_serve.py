@@ -221,3 +221,25 @@ def test_keep_alive_responses_are_not_chunked(server, upstream):
             answer = product(server, session=session)
             assert "chunked" not in answer.headers.get("Transfer-Encoding", "")
             assert int(answer.headers["Content-Length"]) == len(answer.content)
+
+
+def test_django_runserver_threads_coalesce_too(upstream, sqlite_url):
+    """Without gevent (Django's threaded runserver), flights run in real threads."""
+    from tests.servers import Server, free_port
+
+    env = {"PRODUCT_API_BASE": upstream.url, "DATABASE_URL": sqlite_url}
+    assert manage("migrate", "--noinput", env=env).returncode == 0
+    port = free_port()
+    import sys
+
+    srv = Server(
+        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"], env, port
+    )
+    try:
+        upstream.delay = 0.5
+        answers = stampede(srv, 30)
+        assert {a.status_code for a in answers} == {200}
+        assert upstream.count == 1
+        assert product(srv).headers["X-Cache"] == "HIT"
+    finally:
+        srv.stop()
