@@ -243,3 +243,17 @@ def test_django_runserver_threads_coalesce_too(upstream, sqlite_url):
         assert product(srv).headers["X-Cache"] == "HIT"
     finally:
         srv.stop()
+
+
+def test_sigterm_finishes_the_requests_in_hand(server, upstream):
+    upstream.delay = 0.6  # within the 1 s upstream budget
+    with ThreadPoolExecutor(5) as pool:
+        futures = [pool.submit(product, server, f"SKU{i}") for i in range(5)]
+        deadline = time.monotonic() + 5
+        while upstream.count < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.stop() == 0
+        answers = [f.result() for f in futures]
+    assert {a.status_code for a in answers} == {200}
+    with pytest.raises(requests.ConnectionError):
+        product(server)  # no longer accepting

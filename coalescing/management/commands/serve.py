@@ -27,6 +27,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: int, stop_timeout: float, access_log: bool, **kw):
         import gevent
+        import gevent.pool
         from gevent import monkey
 
         if not monkey.is_module_patched("socket"):
@@ -43,8 +44,13 @@ class Command(BaseCommand):
 
         application = server.with_content_length(get_wsgi_application())
         try:
+            # A pool of handler greenlets (unbounded): gevent's stop() waits only
+            # for handlers in a pool, so without one SIGTERM cut requests off.
             httpd = server.NoDelayWSGIServer(
-                (host, port), application, log="default" if access_log else None
+                (host, port),
+                application,
+                log="default" if access_log else None,
+                spawn=gevent.pool.Pool(),
             )
             httpd.init_socket()
         except OSError as exc:
