@@ -238,6 +238,11 @@ class Coalescer:
     def _load(self, lk: Lookup, accept: frozenset[State]) -> Outcome:
         try:
             return self._load_inner(lk, accept)
+        except Exception:
+            # A bug must not become a 500 for every waiter: log it whole, and
+            # answer as for a failed upstream call (stale if the caller has it).
+            log.exception("coalescing: loading %s failed", lk.key)
+            return Outcome(None, "upstream", UpstreamError("the cache could not load this entry"))
         finally:
             _close_thread_connections()
 

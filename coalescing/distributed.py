@@ -20,6 +20,7 @@ from .coalescer import Lookup, Outcome
 from .entry import Entry, State
 from .health import Health
 from .lease import Leases, Notifier
+from .tiers.base import TierError
 from .tiers.redis import RedisTier
 from .upstream import UpstreamError, UpstreamTimeout
 
@@ -56,7 +57,8 @@ class DistributedFlight:
         try:
             self.notifier.start()
             return self._run(lk, accept, lead, fallback, fallback_source, now)
-        except redis.RedisError as exc:
+        except (redis.RedisError, TierError) as exc:
+            # Redis failed at some step: lead here, as a process on its own would.
             self.health.failed("lease", exc)
             return lead()
 

@@ -194,3 +194,29 @@ def test_redis_down_means_each_process_on_its_own(settings, upstream):
     assert [a.x_cache for a in answers] == ["MISS", "HIT", "HIT", "HIT", "HIT"]
     assert upstream.count == 1
     coalescer.flush()
+
+
+def test_redis_failing_after_the_lease_is_a_local_lead_not_an_error(
+    two_processes, upstream, monkeypatch
+):
+    """Found by the outage test: a tier error inside the cross-process flight was a 500."""
+    first, _ = two_processes
+    tier = first.distributed.tier
+
+    calls = []
+
+    def broken(key_hash, name=""):
+        from coalescing.tiers.base import TierError
+
+        calls.append(key_hash)
+        if len(calls) == 1:
+            return None  # the flight's first look works; Redis fails after that
+        raise TierError("redis read failed")
+
+    lk = lookup("SKU7")
+    # Another process holds the lease, so this one follows, and reads Redis while it waits.
+    tier.client.set(tier.lease_key(lk.key_hash, lk.name), "other", px=2000)
+    monkeypatch.setattr(tier, "get", broken)
+    answer = first.get(lk)
+    assert answer.entry is not None and answer.x_cache == "MISS"
+    assert upstream.count == 1
