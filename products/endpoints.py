@@ -21,6 +21,12 @@ PRODUCT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FIELD = re.compile(r"[A-Za-z0-9_]{1,64}")
 REGION = re.compile(r"[A-Za-z0-9_-]{1,32}")
 MAX_FIELDS = 50
+PRODUCT_ID_PARAMETER = {
+    "name": "productId",
+    "in": "query",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+}
 #: Where the demo upstream is served when this process's address is unknown.
 DEMO_PATH = "/demo"
 
@@ -51,12 +57,7 @@ class ProductEndpoint(CoalescedEndpoint[ProductParams]):
     path = "/products"
     summary = "A product by id, with some or all of its fields (coalesced and cached)"
     openapi_parameters = [
-        {
-            "name": "productId",
-            "in": "query",
-            "required": True,
-            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-        },
+        PRODUCT_ID_PARAMETER,
         {
             "name": "fields",
             "in": "query",
@@ -95,12 +96,7 @@ class PriceEndpoint(CoalescedEndpoint[PriceParams]):
     path = "/prices"
     summary = "The price of a product in a region (coalesced by region)"
     openapi_parameters = [
-        {
-            "name": "productId",
-            "in": "query",
-            "required": True,
-            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-        },
+        PRODUCT_ID_PARAMETER,
         {
             "name": "region",
             "in": "query",
