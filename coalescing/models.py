@@ -105,6 +105,20 @@ def state_q(state: str, *, endpoint: str | None = None, now: int | None = None) 
     return condition
 
 
+#: The columns of an :class:`Entry`, in the order ``get_entry`` and ``upsert_many`` use.
+_ENTRY_COLUMNS = (
+    "key_hash",
+    "key",
+    "endpoint",
+    "name",
+    "status",
+    "body",
+    "content_type",
+    "fetched_at_ms",
+    "upstream_url",
+)
+
+
 class CacheEntryQuerySet(models.QuerySet["CacheEntry"]):
     def in_state(
         self, state: str, *, endpoint: str | None = None, now: int | None = None
@@ -119,21 +133,7 @@ class CacheEntryQuerySet(models.QuerySet["CacheEntry"]):
 
 class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # type: ignore[misc]
     def get_entry(self, key_hash: str, using: str = "default") -> Entry | None:
-        row = (
-            self.using(using)
-            .filter(key_hash=key_hash)
-            .values_list(
-                "key",
-                "endpoint",
-                "name",
-                "status",
-                "body",
-                "content_type",
-                "fetched_at_ms",
-                "upstream_url",
-            )
-            .first()
-        )
+        row = self.using(using).filter(key_hash=key_hash).values_list(*_ENTRY_COLUMNS[1:]).first()
         if row is None:
             return None
         key, endpoint, name, status, body, content_type, fetched_at_ms, upstream_url = row
@@ -162,18 +162,7 @@ class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # ty
         connection = connections[using]
         q = connection.ops.quote_name
         table = q(self.model._meta.db_table)
-        columns = [
-            "key_hash",
-            "key",
-            "endpoint",
-            "name",
-            "status",
-            "body",
-            "content_type",
-            "fetched_at_ms",
-            "size",
-            "upstream_url",
-        ]
+        columns = [*_ENTRY_COLUMNS, "size"]
         updated = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in columns[1:])
         row = "(" + ", ".join(["%s"] * len(columns)) + ")"
         sql = (
@@ -193,8 +182,8 @@ class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # ty
                 e.body,
                 e.content_type,
                 round(e.fetched_at * 1000),
-                len(e.body),
                 e.upstream_url,
+                len(e.body),
             ]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
