@@ -9,18 +9,45 @@ It runs in a thread of the test process. ``mode`` decides how it answers:
 - ``reset``: headers promising a long body, a few bytes, then a closed socket
 - ``trickle``: a body that never ends, one byte at a time
 - ``cookie``: 200 with a ``Set-Cookie`` header and hop-by-hop headers
+- ``hop``: 200 with the ``ok`` body and every header a cache must not keep or
+  replay (``Set-Cookie``, hop-by-hop headers, ``Vary``, a private header)
+- ``huge``: 200 streaming ``size`` bytes of JSON, ``Content-Length`` declared
+- ``huge_unsized``: the same with no ``Content-Length`` (ends when the socket closes)
+- ``gzip_bomb``: 200, ``Content-Encoding: gzip`` (though the client asked for
+  identity), a small compressed body that inflates to ``size`` bytes of JSON
+- ``slow_headers``: the status line, then a header one byte every 50 ms for
+  ``size`` bytes (default 200: ten seconds), then the ``ok`` body
 
 ``delay`` seconds pass before every answer. ``calls`` records each request's
-path and headers.
+path, headers and peer address; ``max_inflight`` is the most requests it had
+in hand at once since the last reset.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
+
+#: What ``hop`` mode sends beside the body: none of it may be stored or replayed.
+HOSTILE_HEADERS = [
+    ("Set-Cookie", "session=upstream-secret; Path=/"),
+    ("Set-Cookie", "tracker=upstream-tracker; Domain=127.0.0.1"),
+    ("Connection", "keep-alive, X-Upstream-Secret"),
+    ("Keep-Alive", "timeout=600, max=100000"),
+    ("Proxy-Authenticate", "Basic realm=upstream"),
+    ("Proxy-Connection", "keep-alive"),
+    ("Upgrade", "h2c"),
+    ("Trailer", "X-Checksum"),
+    ("X-Upstream-Secret", "upstream-internal-token"),
+    ("Vary", "Cookie, Authorization"),
+    ("Cache-Control", "private, max-age=0"),
+    ("Access-Control-Allow-Origin", "*"),
+    ("WWW-Authenticate", "Bearer realm=upstream"),
+]
 
 
 class FakeUpstream:
@@ -30,7 +57,10 @@ class FakeUpstream:
         self.delay = 0.0
         self.size = 0
         self.calls: list[dict[str, object]] = []
+        self.inflight = 0
+        self.max_inflight = 0
         self._lock = threading.Lock()
+        self._bombs: dict[int, bytes] = {}
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -69,6 +99,7 @@ class FakeUpstream:
     def reset(self) -> None:
         with self._lock:
             self.calls.clear()
+            self.max_inflight = self.inflight
         self.mode, self.status, self.delay, self.size = "ok", 200, 0.0, 0
 
     def close(self) -> None:
@@ -80,8 +111,23 @@ class FakeUpstream:
         with self._lock:
             n = len(self.calls) + 1
             self.calls.append(
-                {"path": parts.path, "query": parts.query, "headers": dict(h.headers)}
+                {
+                    "path": parts.path,
+                    "query": parts.query,
+                    "headers": dict(h.headers),
+                    "client": h.client_address,
+                    "at": time.monotonic(),
+                }
             )
+            self.inflight += 1
+            self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            self._answer(h, parts, n)
+        finally:
+            with self._lock:
+                self.inflight -= 1
+
+    def _answer(self, h: BaseHTTPRequestHandler, parts, n: int) -> None:
         mode, delay = self.mode, self.delay
         if delay:
             time.sleep(delay)
@@ -121,8 +167,49 @@ class FakeUpstream:
                     h.wfile.write(b" ")
                     h.wfile.flush()
                     time.sleep(0.05)
+            elif mode == "hop":
+                self._send(h, 200, body, HOSTILE_HEADERS)
+            elif mode in ("huge", "huge_unsized"):
+                self._stream_huge(h, self.size or 50_000_000, mode == "huge")
+            elif mode == "gzip_bomb":
+                packed = self._bomb(self.size or 50_000_000)
+                self._send(h, 200, packed, [("Content-Encoding", "gzip")])
+            elif mode == "slow_headers":
+                h.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(self.size or 200):
+                    h.wfile.write(b"a")
+                    h.wfile.flush()
+                    time.sleep(0.05)
+                h.wfile.write(b"\r\nContent-Type: application/json\r\n")
+                h.wfile.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                h.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+    @staticmethod
+    def _stream_huge(h: BaseHTTPRequestHandler, size: int, declared: bool) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        if declared:
+            h.send_header("Content-Length", str(size))
+        h.end_headers()
+        h.close_connection = True
+        h.wfile.write(b'{"x":"')
+        sent, block = 8, b"a" * 65536
+        while sent + len(block) < size:
+            h.wfile.write(block)
+            sent += len(block)
+        h.wfile.write(b"a" * (size - sent) + b'"}')
+
+    def _bomb(self, size: int) -> bytes:
+        with self._lock:
+            packed = self._bombs.get(size)
+        if packed is None:
+            raw = b'{"x":"' + b"a" * max(0, size - 8) + b'"}'
+            packed = gzip.compress(raw, compresslevel=9)
+            with self._lock:
+                self._bombs[size] = packed
+        return packed
 
     @staticmethod
     def _send(
