@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from coalescing.entry import ENTRY_OVERHEAD_BYTES, Entry
+from coalescing.entry import Entry
 from coalescing.tiers.memory import MemoryTier
 
 
@@ -25,7 +25,7 @@ def test_budget_is_measured_in_stored_bytes():
     for i in range(100):
         tier.set(entry(f"k{i}", size=1000))
     assert tier.bytes_used <= 10_000
-    assert len(tier) == 10_000 // (1000 + 2 + ENTRY_OVERHEAD_BYTES)
+    assert len(tier) == 10_000 // entry("k10", size=1000).size
 
 
 def test_an_entry_larger_than_the_budget_is_not_stored():
@@ -49,3 +49,29 @@ def test_delete_frees_bytes():
     tier.set(entry("k"))
     tier.delete("k")
     assert tier.get("k") is None and tier.bytes_used == 0
+
+
+def test_the_budget_bounds_what_the_process_really_holds():
+    """The accounted size is not below what CPython allocates for an entry."""
+    import tracemalloc
+
+    tier = MemoryTier(max_bytes=10**9)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(2000):
+        tier.set(
+            Entry(
+                f"{i:032x}",
+                f"products:SKU{i}::name,price",
+                "products",
+                f"SKU{i}",
+                200,
+                bytes(1024),
+                "application/json",
+                1000.0,
+                f"http://127.0.0.1:9999/products/SKU{i}?fields=name,price",
+            )
+        )
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert 0.9 * held <= tier.bytes_used <= 1.25 * held
