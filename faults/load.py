@@ -14,7 +14,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import requests
@@ -23,6 +23,13 @@ import requests
 #: 503 (over the concurrency cap, with Retry-After).
 ALLOWED_ERRORS = frozenset({502, 503, 504})
 CLIENT_TIMEOUT_S = 20.0
+#: What the coalescer answers a waiter it gives up on, and the test of that bug.
+GAVE_UP = "still running after the wait bound"
+GIVE_UP_TEST = "test_faults.py::test_a_waiter_given_up_on_gets_the_stale_value_of_a_lower_tier"
+#: A waiter the coalescer gives up on is answered at the bound itself; what a
+#: client measures on top (loopback, its own threads on a shared 2-core machine)
+#: is forgiven up to this much. Waits past the exact bound are shown anyway.
+BOUND_TOLERANCE_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +82,15 @@ class Sample:
 
 def check(key: Key, response: requests.Response) -> str:
     """What is wrong with an answer, or ""."""
-    if "Set-Cookie" in response.headers:
+    return check_answer(key, response.status_code, response.headers, response.content)
+
+
+def check_answer(key: Key, status: int, headers: Mapping[str, str], content: bytes | str) -> str:
+    """What is wrong with an answer, or "" (``headers`` case-insensitive)."""
+    if "Set-Cookie" in headers:
         return "set-cookie"
-    status = response.status_code
     try:
-        body = json.loads(response.content)
+        body = json.loads(content)
     except ValueError:
         return f"not JSON ({status})"
     if status == 200:
@@ -88,13 +99,13 @@ def check(key: Key, response: requests.Response) -> str:
             key.expect_query,
         ):
             return "crossed"
-        if response.headers.get("X-Cache") not in ("HIT", "MISS", "STALE", "COALESCED"):
+        if headers.get("X-Cache") not in ("HIT", "MISS", "STALE", "COALESCED"):
             return "no X-Cache"
         return ""
     if status in ALLOWED_ERRORS:
         if not isinstance(body, dict) or not body.get("detail"):
             return f"{status} without detail"
-        if status == 503 and "Retry-After" not in response.headers:
+        if status == 503 and "Retry-After" not in headers:
             return "503 without Retry-After"
         return ""
     if status >= 500:
@@ -152,6 +163,47 @@ def ask(
         )
     recorder.add(sample)
     return sample
+
+
+def burst(jobs: Sequence[tuple[str, Key]], recorder: Recorder, phase: str = "") -> list[Sample]:
+    """Every job at once, from greenlets in a process of its own (:mod:`faults.burst`)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from requests.structures import CaseInsensitiveDict
+
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "faults.burst"],
+        input=json.dumps([[url, key.query] for url, key in jobs]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the burst client failed: {done.stderr[-2000:]}")
+    samples = []
+    for (url, key), answer in zip(jobs, json.loads(done.stdout), strict=True):
+        status = answer["status"]
+        headers = CaseInsensitiveDict(answer.get("headers", {}))
+        problem = check_answer(key, status, headers, answer["body"]) if status else "no answer"
+        sample = Sample(
+            key,
+            url,
+            phase or recorder.phase,
+            started,
+            answer["elapsed"],
+            status,
+            headers.get("X-Cache", ""),
+            problem,
+            "Retry-After" in headers,
+            answer.get("error", "") if status in (0, 200) else answer["body"][:160],
+        )
+        recorder.add(sample)
+        samples.append(sample)
+    return samples
 
 
 class Load:
@@ -232,9 +284,11 @@ class Result:
     max_latency: float = 0.0
     p50: float = 0.0
     p99: float = 0.0
-    over_bound: int = 0
+    over_bound: int = 0  # past the bound plus the tolerance: a missed target
+    over_exact_bound: int = 0  # past the bound itself
     stale_keys_asked: int = 0
     stale_keys_not_200: int = 0
+    stale_keys_gave_up: int = 0
     cut_by_kill: int = 0
     retry_after: int = 0
     recovery_s: float | None = None
@@ -245,6 +299,12 @@ class Result:
     #: Whether stale keys must answer 200 here (upstream faults) or every key
     #: must (backend faults, where the upstream is healthy).
     all_must_200: bool = False
+    #: Missed targets found by the scenario's own checks.
+    failures: list[str] = field(default_factory=list)
+    #: Missed targets explained by a known bug: (what, the xfail test that pins it).
+    known_bugs: list[tuple[str, str]] = field(default_factory=list)
+    #: Tags of :meth:`checks` that a known bug explains here: tag -> its xfail test.
+    known_tags: dict[str, str] = field(default_factory=lambda: {"gaveup": GIVE_UP_TEST})
 
     def fill(self, samples: Sequence[Sample], bound_s: float) -> Result:
         self.requests = len(samples)
@@ -254,7 +314,8 @@ class Result:
         latencies = [s.elapsed for s in samples if s.status]
         self.max_latency = max(latencies, default=0.0)
         self.p50, self.p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-        self.over_bound = sum(1 for s in samples if s.elapsed > bound_s)
+        self.over_bound = sum(1 for s in samples if s.elapsed > bound_s + BOUND_TOLERANCE_S)
+        self.over_exact_bound = sum(1 for s in samples if s.elapsed > bound_s)
         problems = collections.Counter(s.problem for s in samples if s.problem)
         self.crossed = problems.pop("crossed", 0)
         self.lost = problems.pop("no answer", 0) - self.cut_by_kill + problems.pop("500", 0)
@@ -262,32 +323,68 @@ class Result:
         self.retry_after = sum(1 for s in samples if s.retry_after)
         must = [s for s in samples if s.key.warm or self.all_must_200]
         self.stale_keys_asked = len(must)
-        self.stale_keys_not_200 = sum(
-            1 for s in must if s.status != 200 and s.problem != "no answer"
+        not_200 = [s for s in must if s.status != 200 and s.problem != "no answer"]
+        self.stale_keys_not_200 = len(not_200)
+        # A waiter the coalescer gave up on, for a key whose value sits in Redis
+        # and the database: answered 504 though stale was there (a known bug).
+        self.stale_keys_gave_up = sum(
+            1 for s in not_200 if s.key.warm and s.status == 504 and GAVE_UP in s.error
         )
         return self
 
-    def violations(self, bound_s: float) -> list[str]:
-        out = []
-        if self.skipped:
-            return out
+    def checks(self, bound_s: float) -> list[tuple[str, str]]:
+        """Every missed target as (tag, text); tags: lost, crossed, bad, bound, not200,
+        traceback, and known:<n> / failure for the scenario's own findings."""
+        out: list[tuple[str, str]] = [("failure", f) for f in self.failures]
+        out += [(f"known:{i}", what) for i, (what, _) in enumerate(self.known_bugs)]
         if self.lost:
-            out.append(f"{self.lost} answers lost (no answer or 500)")
+            out.append(("lost", f"{self.lost} answers lost (no answer or 500)"))
         if self.crossed:
-            out.append(f"{self.crossed} answers with another key's data")
+            out.append(("crossed", f"{self.crossed} answers with another key's data"))
         if self.other_problems:
-            out.append(f"bad answers: {self.other_problems}")
+            out.append(("bad", f"bad answers: {self.other_problems}"))
         if self.over_bound:
             out.append(
-                f"{self.over_bound} requests waited longer than {bound_s:.1f}s "
-                f"(max {self.max_latency:.2f}s)"
+                (
+                    "bound",
+                    f"{self.over_bound} requests waited longer than {bound_s:.1f}s "
+                    f"+ {BOUND_TOLERANCE_S:.2f}s (max {self.max_latency:.2f}s)",
+                )
             )
-        if self.stale_keys_not_200:
+        others = self.stale_keys_not_200 - self.stale_keys_gave_up
+        if others:
             which = "requests" if self.all_must_200 else "requests for keys with a stale value"
-            out.append(f"{self.stale_keys_not_200} {which} did not answer 200")
+            out.append(("not200", f"{others} {which} did not answer 200"))
+        if self.stale_keys_gave_up:
+            out.append(
+                (
+                    "gaveup",
+                    f"{self.stale_keys_gave_up} requests for keys with a stale value in Redis "
+                    "and the database were given up on (504) instead of served stale",
+                )
+            )
         if self.tracebacks:
-            out.append(f"{self.tracebacks} tracebacks in the server logs")
+            out.append(("traceback", f"{self.tracebacks} tracebacks in the server logs"))
         return out
+
+    def violations(self, bound_s: float, known: bool = True) -> list[str]:
+        """Missed targets; ``known=False`` leaves out those a known bug explains
+        (``known_bugs`` entries, and the tags listed in ``known_tags``)."""
+        if self.skipped:
+            return []
+        out = []
+        for tag, text in self.checks(bound_s):
+            test = self._known_test(tag)
+            if test is None:
+                out.append(text)
+            elif known:
+                out.append(f"{text} (known bug: {test})")
+        return out
+
+    def _known_test(self, tag: str) -> str | None:
+        if tag.startswith("known:"):
+            return self.known_bugs[int(tag.split(":")[1])][1]
+        return self.known_tags.get(tag)
 
 
 class Stampedes:

@@ -29,7 +29,19 @@ import requests
 from tests.upstream import FakeUpstream
 
 from .cluster import FRESH_S, STALE_S, UPSTREAM_TIMEOUT_S, WAIT_BOUND_S, Cluster
-from .load import Key, Load, Recorder, Result, Stampedes, ask, key_set, mixed, product_key
+from .load import (
+    GIVE_UP_TEST,
+    Key,
+    Load,
+    Recorder,
+    Result,
+    Stampedes,
+    ask,
+    burst,
+    key_set,
+    mixed,
+    product_key,
+)
 from .services import open_fds, pid_of_local_port, raise_fd_limit
 
 _counter = itertools.count(1)
@@ -197,8 +209,7 @@ class Run:
                 f"the database writers logged {retries} retry warnings, each with a traceback"
             )
         if not self.ctx.cluster.alive():
-            r.notes.append("a server process died")
-            r.lost += 1
+            r.failures.append("a server process died")
         return r
 
 
@@ -234,7 +245,7 @@ def upstream_fault(
     result.rss_mb = rss.peak_mb()
     result.recovery_s = recover(ctx, warm + cold)
     if result.recovery_s is None:
-        result.notes.append("some key did not answer 200 again within 20 s of the heal")
+        result.failures.append("some key did not answer 200 again within 20 s of the heal")
     calls_per_s = result.upstream_calls / max(result.fault_seconds, 0.1)
     result.notes.append(
         f"{calls_per_s:.0f} upstream calls/s in the fault phase (40 keys, 3 processes)"
@@ -245,7 +256,7 @@ def upstream_fault(
 # -- upstream faults -----------------------------------------------------------------
 
 
-@scenario("baseline", "No fault (reference)")
+@scenario("baseline", "No fault (reference)", short=False)
 def baseline(ctx: Ctx) -> Result:
     return upstream_fault(
         ctx, "baseline", "No fault (reference)", "none", lambda u: None, all_must_200=True
@@ -284,7 +295,7 @@ def bursts(ctx: Ctx) -> Result:
     )
 
 
-@scenario("down", "Upstream down (503 throughout)")
+@scenario("down", "Upstream down (503 throughout)", short=False)
 def down(ctx: Ctx) -> Result:
     def inject(u: FakeUpstream) -> None:
         u.mode, u.status = "status", 503
@@ -322,18 +333,20 @@ def endless(ctx: Ctx) -> Result:
     )
 
 
-@scenario("slow_headers", "Headers that trickle in")
+@scenario("slow_headers", "Headers that trickle in", short=False)
 def slow_headers(ctx: Ctx) -> Result:
-    return upstream_fault(
+    result = upstream_fault(
         ctx,
         "slow_headers",
         "Headers that trickle in",
         "a header one byte every 50 ms for 10 s, then the body",
         _mode("slow_headers", 200),
     )
+    result.known_tags["gaveup"] = f"{HEADERS_TEST} and {GIVE_UP_TEST}"
+    return result
 
 
-@scenario("invalid_json", "Invalid JSON")
+@scenario("invalid_json", "Invalid JSON", short=False)
 def invalid_json(ctx: Ctx) -> Result:
     return upstream_fault(
         ctx, "invalid_json", "Invalid JSON", "200 with an HTML body", _mode("invalid")
@@ -387,8 +400,7 @@ def set_cookie(ctx: Ctx) -> Result:
         1 for c in list(ctx.upstream.calls) if "cookie" in {h.lower() for h in c["headers"]}
     )
     if sent_cookies:
-        result.lost += sent_cookies
-        result.notes.append(f"{sent_cookies} upstream calls carried a Cookie header")
+        result.failures.append(f"{sent_cookies} upstream calls carried a Cookie header")
     else:
         result.notes.append("no upstream call ever carried a Cookie header")
     return result
@@ -429,6 +441,8 @@ def backend_fault(
     result = run.result()
     result.rss_mb = rss.peak_mb()
     result.recovery_s = recover(ctx, warm + cold[:8])
+    if result.recovery_s is None:
+        result.failures.append("some key did not answer 200 again within 20 s of the fault")
     return result, cold
 
 
@@ -450,7 +464,7 @@ def coalesced_again(ctx: Ctx, tag: str) -> int:
     for t in threads:
         t.join(30)
     heal(ctx.upstream)
-    return ctx.upstream.calls_to(key.expect_path)
+    return calls_for(ctx.upstream, key)
 
 
 @scenario("redis_restart", "Redis stopped and restarted", kind="backend")
@@ -560,7 +574,8 @@ def pg_restart(ctx: Ctx) -> Result:
         and str(c["path"]) in {k.expect_path for k in cold}
     }
     found: set[str] = set()
-    deadline = time.monotonic() + 15
+    wait_s = 15 if ctx.scale >= 0.5 else 5
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         found = _rows_with_keys(ctx.cluster, during)
         if found >= during:
@@ -568,11 +583,15 @@ def pg_restart(ctx: Ctx) -> Result:
         time.sleep(0.5)
     result.notes.append(
         f"{len(during)} keys fetched while PostgreSQL was down; {len(found)} of them were in "
-        "it within 15 s of its return (the write-behind resumed)"
+        f"it within {wait_s} s of its return"
     )
     if found < during:
-        result.lost += len(during - found)
-        result.notes.append("some writes made while PostgreSQL was down never arrived")
+        result.known_bugs.append(
+            (
+                f"{len(during - found)} entries fetched while PostgreSQL was down never reached it",
+                "test_faults.py::test_an_entry_fetched_while_the_database_is_down_reaches_it_later",
+            )
+        )
     return result
 
 
@@ -611,7 +630,12 @@ def pg_frozen(ctx: Ctx) -> Result:
         pg.freeze,
         pg.thaw,  # type: ignore[arg-type]
     )
+    result.known_tags["not200"] = FROZEN_DB_TEST
     return result
+
+
+HEADERS_TEST = "test_faults.py::test_an_upstream_that_trickles_its_headers_is_cut_at_its_budget"
+FROZEN_DB_TEST = "test_faults.py::test_a_database_that_never_answers_does_not_stop_the_upstream"
 
 
 def _skipped(name: str, title: str, reason: str) -> Result:
@@ -647,7 +671,7 @@ def worker_kill(ctx: Ctx) -> Result:
                 kill_times.append(time.monotonic())
             for t in threads:
                 t.join(30)
-            takeovers.append(sum(1 for k in cold if upstream.calls_to(k.expect_path) > 1))
+            takeovers.append(sum(1 for k in cold if calls_for(upstream, k) > 1))
             upstream.delay = 0.0
             cluster.wait_workers()
             time.sleep(0.5)
@@ -671,6 +695,15 @@ def worker_kill(ctx: Ctx) -> Result:
     )
     result.notes.append(f"gunicorn replaced the worker(s); {len(cluster.worker_pids())} running")
     return result
+
+
+def calls_for(upstream: FakeUpstream, key: Key) -> int:
+    """Upstream calls made for ``key`` (its path and its query)."""
+    return sum(
+        1
+        for c in list(upstream.calls)
+        if c["path"] == key.expect_path and c["query"] == key.expect_query
+    )
 
 
 def _asker(url: str, key: Key, rec: Recorder) -> threading.Thread:
@@ -754,7 +787,7 @@ def disconnects(ctx: Ctx) -> Result:
     with requests.Session() as session:
         after = [ask(session, url, k, run.rec, "after") for k in keys for url in cluster.urls]
     result = run.result(phases=("fault", "after"))
-    calls = [upstream.calls_to(k.expect_path) for k in keys]
+    calls = [calls_for(upstream, k) for k in keys]
     result.fault = (
         f"{hung_up} clients sent a request for one of 8 cold keys (upstream 0.8 s) and hung up "
         "after 0.2 s, half with a RST; 2 clients per key stayed"
@@ -766,7 +799,9 @@ def disconnects(ctx: Ctx) -> Result:
         "their first askers had gone)"
     )
     if max(calls) > 1:
-        result.notes.append("a hang-up cancelled a call: another one was made for its key")
+        result.failures.append("a hang-up cancelled a call: another one was made for its key")
+    if {s.status for s in after} != {200}:
+        result.failures.append("a key whose askers hung up did not answer 200 afterwards")
     return result
 
 
@@ -860,40 +895,40 @@ def idle_connections(ctx: Ctx) -> Result:
         f"{len(still)} still open after {length:.0f} s idle; {reused} of "
         f"{min(200, len(still))} reused answered 200"
     )
+    if reused < min(200, len(still)):
+        result.failures.append("an idle keep-alive connection did not answer when used again")
     return result
 
 
-@scenario("cold_burst", "A burst of 250 distinct cold keys (load protection)", kind="process")
+@scenario("cold_burst", "A burst of distinct cold keys (load protection)", kind="process")
 def cold_burst(ctx: Ctx) -> Result:
     cluster, upstream = ctx.cluster, ctx.upstream
     run = Run(ctx, "cold_burst", SCENARIOS["cold_burst"].title, "", all_must_200=False)
-    n = 250
+    n = 250 if ctx.scale >= 0.5 else 120
     keys = key_set(ctx.prefix("BUR"), n, warm=False)
     upstream.delay = 1.2
-    barrier = threading.Barrier(n)
     single = cluster.urls[0]
-
-    def one(key: Key) -> None:
-        with requests.Session() as s:
-            barrier.wait(30)
-            ask(s, single, key, run.rec)
-
     with upstream._lock:
         upstream.max_inflight = upstream.inflight
     run.begin()
-    threads = [threading.Thread(target=one, args=(k,)) for k in keys]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    burst([(single, k) for k in keys], run.rec)
     run.end()
     heal(upstream)
     result = run.result()
-    result.fault = f"{n} requests for {n} distinct cold keys at once at serve; upstream 1.2 s"
+    result.fault = (
+        f"{n} requests for {n} distinct cold keys at once at serve (from gevent, in a process "
+        "of its own); upstream 1.2 s"
+    )
     result.notes.append(
         f"most upstream calls at once: {upstream.max_inflight}; 503s with Retry-After: "
         f"{result.retry_after}"
     )
+    for status in sorted({s.status for s in run.rec.samples}):
+        waits = sorted(s.elapsed for s in run.rec.samples if s.status == status)
+        result.notes.append(
+            f"{status}: {len(waits)} answers, wait {waits[0]:.2f}-{waits[-1]:.2f} s, "
+            f"median {waits[len(waits) // 2]:.2f} s"
+        )
     return result
 
 

@@ -161,7 +161,7 @@ class OwnPostgres:
     def start(self) -> None:
         options = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+            "-c synchronous_commit=off -c full_page_writes=off"
         )
         log = str(self.dir / "log")
         done = self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "start")
