@@ -320,7 +320,8 @@ def charts(res: dict[str, Any], out: Path, prefix: str) -> list[str]:
         axes[0].set_yscale("log")
         axes[0].set_title(f"W1 cold stampede ({res['plan']['w1_n']} requests): upstream calls")
         axes[1].axhline(latency + 20, color="k", ls="--", lw=1, label="goal")
-        axes[1].set_title("W1: median latency (ms)")
+        axes[1].set_yscale("log")
+        axes[1].set_title("W1: median latency (ms, log scale; dashed: the goal)")
         save(fig, "w1")
 
     if "W2" in w and w["W2"].get("expiry"):

@@ -643,11 +643,11 @@ class Bench:
 
     # W4 -------------------------------------------------------------------
 
-    def w4(self, up: Upstream, servers: Servers) -> None:
+    def w4(self, up: Upstream, servers: Servers, **ours: Any) -> None:
         plan = self.plan
         up.configure(latency_ms=0)
         try:
-            dep = servers.ours(HOUR_MS, 2 * HOUR_MS, memory_bytes=plan.w4_budget)
+            dep = servers.ours(HOUR_MS, 2 * HOUR_MS, memory_bytes=plan.w4_budget, **ours)
             pid = dep.procs[0].pid
             warmup = 2000 if not plan.quick else 500
             self._w4_batch(dep, "w4warm-", 0, warmup)
@@ -914,8 +914,12 @@ def machine(tools: dict[str, Any]) -> dict[str, Any]:
         }
         | {
             "django-redis": dist("django-redis"),
-            "nginx": version([tools["nginx"], "-v"]) if tools.get("nginx") else "",
-            "wrk": version([tools["wrk"], "-v"]) if tools.get("wrk") else "",
+            "nginx": version([tools["nginx"], "-v"]).rpartition("nginx/")[2]
+            if tools.get("nginx")
+            else "",
+            "wrk": version([tools["wrk"], "-v"]).split(" [")[0].removeprefix("wrk ")
+            if tools.get("wrk")
+            else "",
         },
     }
 

@@ -2,9 +2,10 @@
 
 ``python -m bench.experiments.ab w3 fasthits`` runs W3 (wrk, warm key) on
 ``bare``, ours, and ours with ``BENCH_PATCHES=fasthits``, alternating, and
-prints the medians; ``w6 dbpool`` does the same with cold misses, ``w5
-backoff`` with the outage. Each run is short: this is the evidence behind a
-proposal in docs/benchmarks.md, not a benchmark of its own.
+prints the medians (kept in ``bench/results/ab-<workload>-<patches>.json``);
+``w6 dbpool`` does the same with cold misses, ``w5 backoff`` with the outage.
+Each run is short: this is the evidence behind a proposal in
+docs/benchmarks.md, not a benchmark of its own.
 """
 
 from __future__ import annotations
@@ -19,20 +20,51 @@ from typing import Any
 from bench.procs import Procs
 from bench.run import (
     HOUR_MS,
+    RESULTS,
     Bench,
     Plan,
     Servers,
     Upstream,
     find_tools,
     loadgen,
+    machine,
     warm,
     wrk,
 )
 
 
+def memory(args: argparse.Namespace, tools: dict[str, Any], tmp: Path) -> int:
+    """W4 once without, once with the patches (RSS is not noisy: no interleaving)."""
+    plan = Plan.from_env()
+    out: dict[str, Any] = {}
+    for name, ours in (
+        ("before", {}),
+        (
+            "after",
+            {
+                "settings_module": "bench.experiments.settings",
+                "env_extra": {"BENCH_PATCHES": args.patches},
+            },
+        ),
+    ):
+        with Procs(tmp) as procs:
+            up = Upstream(procs, 200.0, plan.body_size)
+            bench = Bench(plan, tools, ["ours"])
+            bench.w4(up, Servers(procs, up, tmp, tools), **ours)
+        w4 = bench.results["W4"]
+        out[name] = {k: w4[k] for k in ("keys", "budget_mib", "growth_mib", "peak_growth_mib")}
+        print(name, json.dumps(out[name]), flush=True)
+    record = {"workload": "w4", "patches": args.patches, "commit": machine(tools)["commit"]}
+    record["results"] = out
+    path = RESULTS / f"ab-w4-{args.patches.replace(',', '+')}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"written: {path}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workload", choices=("w3", "w5", "w6"))
+    parser.add_argument("workload", choices=("w1", "w3", "w4", "w5", "w6"))
     parser.add_argument("patches", help="comma-separated names of bench.experiments.patches")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -42,6 +74,8 @@ def main() -> int:
     fresh = 1000 if args.workload == "w5" else HOUR_MS
     stale = 60_000 if args.workload == "w5" else 2 * HOUR_MS
     results: dict[str, list[dict[str, Any]]] = {}
+    if args.workload == "w4":
+        return memory(args, tools, tmp)
     with Procs(tmp) as procs:
         up = Upstream(procs, 200.0, 1024)
         servers = Servers(procs, up, tmp, tools)
@@ -67,6 +101,9 @@ def main() -> int:
                     warm(dep, ["ab-hot"])
                     res = wrk(dep.url("ab-hot"), 32, args.seconds, tools)
                     got = {"rps": res["rps"], "p50": res.get("p50"), "p99": res.get("p99")}
+                elif args.workload == "w1":
+                    got = bench.w1_run(up, dep, f"ab-{name}-{rep}")
+                    got = {k: got[k] for k in ("calls", "call_start_ms", "p50_ms", "p99_ms")}
                 elif args.workload == "w6":
                     res = loadgen(
                         {
@@ -92,7 +129,18 @@ def main() -> int:
         name: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         for name, runs in results.items()
     }
-    print(json.dumps({"workload": args.workload, "patches": args.patches, "medians": summary}))
+    record = {
+        "workload": args.workload,
+        "patches": args.patches,
+        "reps": args.reps,
+        "commit": machine(tools)["commit"],
+        "medians": summary,
+        "runs": results,
+    }
+    out = RESULTS / f"ab-{args.workload}-{args.patches.replace(',', '+')}.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record["medians"]))
+    print(f"written: {out}")
     return 0
 
 

@@ -11,6 +11,11 @@ applies the patches named in ``BENCH_PATCHES`` and then drops out.
   parsed already, and the labelled metric children it has used.
 - ``backoff``: after a failed refresh of a key, no new refresh of that key
   for one second (stale is served meanwhile).
+- ``eager``: the greenlet that leads a flight runs at once, up to its first
+  wait (the upstream request is sent), before the caller goes on; without it
+  the leader is queued behind every request of a burst that is ready to be read.
+- ``threadfetch``: the upstream call runs in a native thread of gevent's pool,
+  so its socket waits do not queue behind a burst in the main loop.
 """
 
 from __future__ import annotations
@@ -109,7 +114,47 @@ def backoff(seconds: float = 1.0) -> None:
     Coalescer.refresh = patched_refresh  # type: ignore[method-assign]
 
 
+def eager() -> None:
+    import gevent
+    import greenlet
+
+    from coalescing import singleflight
+
+    def spawn_now(target: Callable[[], None]) -> None:
+        hub = gevent.get_hub()
+        caller = gevent.getcurrent()
+        leader = greenlet.greenlet(run=target, parent=hub)
+        # The caller resumes from the loop's next callbacks; the leader runs now.
+        hub.loop.run_callback(caller.switch)
+        leader.switch()
+
+    init = singleflight.SingleFlight.__init__
+
+    def patched_init(self: Any, spawn: Any = None) -> None:
+        init(self, spawn or spawn_now)
+
+    singleflight.SingleFlight.__init__ = patched_init  # type: ignore[method-assign]
+    from coalescing import runtime
+
+    runtime.reset()  # a coalescer built before the patch gets the new spawn too
+
+
+def threadfetch() -> None:
+    import gevent
+
+    from coalescing.upstream import UpstreamClient
+
+    original = UpstreamClient.fetch
+
+    def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return gevent.get_hub().threadpool.apply(original, (self, *args), kwargs)
+
+    UpstreamClient.fetch = fetch  # type: ignore[method-assign]
+
+
 PATCHES: dict[str, Callable[[], None]] = {
+    "eager": eager,
+    "threadfetch": threadfetch,
     "dbpool": dbpool,
     "fasthits": fasthits,
     "backoff": backoff,
