@@ -36,7 +36,8 @@ def fmt(value: Any, digits: int = 1) -> str:
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and digits == 0):
         return f"{int(value):,}"
     if isinstance(value, float):
-        return f"{value:,.{digits}f}"
+        # A median of two counts can end in .5: show it rather than round it away.
+        return f"{value:,.{max(digits, 1) if not value.is_integer() else digits}f}"
     return str(value)
 
 

@@ -14,6 +14,8 @@ applies the patches named in ``BENCH_PATCHES`` and then drops out.
 - ``eager``: the greenlet that leads a flight runs at once, up to its first
   wait (the upstream request is sent), before the caller goes on; without it
   the leader is queued behind every request of a burst that is ready to be read.
+- ``trace``: not a proposal; timestamps of one stampede (see
+  ``bench.experiments.trace``).
 - ``threadfetch``: the upstream call runs in a native thread of gevent's pool,
   so its socket waits do not queue behind a burst in the main loop.
 """
@@ -152,7 +154,62 @@ def threadfetch() -> None:
     UpstreamClient.fetch = fetch  # type: ignore[method-assign]
 
 
+def trace(marker: str = "trace-") -> None:
+    """Print when a request for a product id starting with ``marker`` first
+    enters the view, its flight starts, its upstream call starts and ends,
+    and its first and 500th answers are done (wall-clock, on stderr)."""
+    import sys
+
+    from coalescing import coalescer, endpoint, upstream
+
+    seen: dict[str, float] = {}
+    answered = [0]
+
+    def mark(name: str) -> None:
+        if name not in seen:
+            seen[name] = time.time()
+            sys.stderr.write(f"TRACE {name} {seen[name]:.6f}\n")
+            sys.stderr.flush()
+
+    view, load, fetch = (
+        endpoint.CoalescedEndpoint.view,
+        coalescer.Coalescer._load,
+        upstream.UpstreamClient.fetch,
+    )
+
+    def traced_view(self: Any, request: Any) -> Any:
+        ours = marker in request.META.get("QUERY_STRING", "")
+        if ours:
+            mark("view entered")
+        response = view(self, request)
+        if ours:
+            answered[0] += 1
+            mark("first answer done")
+            if answered[0] == 500:
+                mark("500th answer done")
+        return response
+
+    def traced_load(self: Any, lk: Any, *args: Any, **kwargs: Any) -> Any:
+        if marker in lk.key:
+            mark("flight started")
+        return load(self, lk, *args, **kwargs)
+
+    def traced_fetch(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        ours = marker in str(getattr(request, "full_url", request))
+        if ours:
+            mark("upstream call started")
+        result = fetch(self, request, *args, **kwargs)
+        if ours:
+            mark("upstream call returned")
+        return result
+
+    endpoint.CoalescedEndpoint.view = traced_view  # type: ignore[method-assign]
+    coalescer.Coalescer._load = traced_load  # type: ignore[method-assign]
+    upstream.UpstreamClient.fetch = traced_fetch  # type: ignore[method-assign]
+
+
 PATCHES: dict[str, Callable[[], None]] = {
+    "trace": trace,
     "eager": eager,
     "threadfetch": threadfetch,
     "dbpool": dbpool,
