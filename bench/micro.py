@@ -9,10 +9,12 @@ for both, so the ratio is set by this difference.
 
 from __future__ import annotations
 
+import atexit
 import cProfile
 import io
 import os
 import pstats
+import shutil
 import sys
 import tempfile
 import time
@@ -21,6 +23,7 @@ from typing import Any
 
 def setup() -> Any:
     tmp = tempfile.mkdtemp(prefix="coalescing-micro-")
+    atexit.register(shutil.rmtree, tmp, True)
     os.environ.update(
         {
             "DJANGO_SETTINGS_MODULE": os.environ.get("MICRO_SETTINGS", "coalesce_project.settings"),

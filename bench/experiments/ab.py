@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -59,6 +60,7 @@ def memory(args: argparse.Namespace, tools: dict[str, Any], tmp: Path) -> int:
     path = RESULTS / f"ab-w4-{args.patches.replace(',', '+')}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"written: {path}")
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
@@ -141,6 +143,7 @@ def main() -> int:
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record["medians"]))
     print(f"written: {out}")
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

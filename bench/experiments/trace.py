@@ -10,6 +10,7 @@ it returned, and when the first and 500th answers were done.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
@@ -69,6 +70,7 @@ def main() -> int:
     out = RESULTS / f"trace-w1{'-' + extra.replace(',', '+') if extra else ''}.md"
     out.write_text(text + "\n")
     print(f"written: {out}")
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
