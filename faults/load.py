@@ -294,6 +294,8 @@ class Result:
     recovery_s: float | None = None
     tracebacks: int = 0
     rss_mb: dict[str, float] = field(default_factory=dict)
+    #: RSS at the end of the fault phase minus RSS before it, per process.
+    rss_growth_mb: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     skipped: str = ""
     #: Whether stale keys must answer 200 here (upstream faults) or every key

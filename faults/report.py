@@ -78,6 +78,10 @@ def scenario_table(r: Result, bound_s: float) -> str:
         ),
         ("tracebacks in the server logs", str(r.tracebacks)),
         ("peak RSS (MiB)", _counts({k: v for k, v in r.rss_mb.items()})),  # type: ignore[misc]
+        (
+            "RSS after the fault minus before (MiB)",
+            _counts({k: f"{v:+.1f}" for k, v in r.rss_growth_mb.items()}),  # type: ignore[misc]
+        ),
         ("result", verdict(r, bound_s)),
     ]
     if r.cut_by_kill:
