@@ -58,3 +58,16 @@ bench: $(VENV)/.installed-bench
 	  fi; \
 	fi
 	QUICK=$(QUICK) BENCH_ONLY=$(BENCH_ONLY) BENCH_TARGETS=$(BENCH_TARGETS) $(PY) -m bench.run
+
+# Hostile conditions (issue 6): every fault scenario against real servers (serve
+# and gunicorn gevent workers sharing a Redis and a PostgreSQL of the suite's own),
+# figures to docs/reliability.md; the short form runs in `make test`
+# (tests/test_faults.py). `make soak`: ten minutes of mixed load with faults,
+# sampling the servers' memory (not run in CI). FAULTS_ONLY=slow,down narrows it.
+.PHONY: faults soak
+
+faults: $(VENV)/.installed-test
+	$(PY) -m faults.run $(if $(FAULTS_ONLY),--only $(FAULTS_ONLY))
+
+soak: $(VENV)/.installed-test
+	$(PY) -m faults.soak
