@@ -12,7 +12,15 @@ from pathlib import Path
 
 from tests.servers import Server, gunicorn, manage, serve
 
-from .services import DelayProxy, OwnPostgres, OwnRedis, Unavailable, children, rss_bytes
+from .services import (
+    DelayProxy,
+    OwnPostgres,
+    OwnRedis,
+    Unavailable,
+    children,
+    raise_fd_limit,
+    rss_bytes,
+)
 
 #: The windows the suite runs with: short, so a scenario sees fresh, stale and
 #: expired values within seconds. The wait bound of CONTRACT.md is
@@ -57,6 +65,9 @@ class Cluster:
         return self
 
     def _start(self) -> None:
+        # Servers inherit our limit on open files: 2,000 idle connections need more
+        # than the usual soft limit of 1,024.
+        raise_fd_limit(8192)
         self.redis = OwnRedis()
         self.redis.start()
         self.proxy = DelayProxy(self.redis.port)

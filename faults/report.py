@@ -34,7 +34,7 @@ def verdict(result: Result, bound_s: float) -> str:
 def summary_table(results: Sequence[Result], bound_s: float) -> str:
     rows = [
         "| scenario | requests | non-200 | upstream calls | lost | crossed | max wait | "
-        "stale keys not 200 | result |",
+        "not 200 but should be | result |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
@@ -47,6 +47,18 @@ def summary_table(results: Sequence[Result], bound_s: float) -> str:
             f"{r.crossed} | {_ms(r.max_latency)} | {r.stale_keys_not_200} of "
             f"{r.stale_keys_asked} | {verdict(r, bound_s)} |"
         )
+    known = sorted(
+        {
+            test.split("::")[-1]
+            for r in results
+            for text in r.violations(bound_s)
+            if "(known bug: " in text
+            for test in text.split("(known bug: ", 1)[1].rstrip(")").split(" and ")
+        }
+    )
+    if known:
+        rows += ["", "Known bugs behind the failures (tests/test_faults.py, strict xfails):"]
+        rows += [f"`{name}`" + ("," if i < len(known) - 1 else ".") for i, name in enumerate(known)]
     return "\n".join(rows)
 
 
@@ -54,7 +66,11 @@ def scenario_table(r: Result, bound_s: float) -> str:
     lines = [f"#### {r.title}", ""]
     if r.skipped:
         return "\n".join([*lines, f"Skipped: {r.skipped}", ""])
-    which = "every request" if r.all_must_200 else "requests for keys with a stale value"
+    which = (
+        "requests (all must answer 200)"
+        if r.all_must_200
+        else "requests for keys with a stale value"
+    )
     rows = [
         ("fault", r.fault),
         ("fault phase", f"{r.fault_seconds} s"),
@@ -74,7 +90,7 @@ def scenario_table(r: Result, bound_s: float) -> str:
         ("answers with Retry-After", str(r.retry_after)),
         (
             "every key 200 again after the heal",
-            "no" if r.recovery_s is None else f"after {r.recovery_s:.1f} s",
+            "-" if r.recovery_s is None else f"after {r.recovery_s:.1f} s",
         ),
         ("tracebacks in the server logs", str(r.tracebacks)),
         ("peak RSS (MiB)", _counts({k: v for k, v in r.rss_mb.items()})),  # type: ignore[misc]
