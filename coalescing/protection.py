@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +52,22 @@ class ConcurrencyLimit:
             self._slots.release()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Failure:
+    """What is kept of a failed call: its words and statuses, never the exception.
+
+    An exception holds its traceback, whose frames hold what the call had read
+    (up to a whole body over the size cap): kept for thousands of keys, that
+    is hundreds of megabytes.
+    """
+
+    count: int  # failures in a row
+    until: float  # held back until
+    message: str
+    upstream_status: int | None
+    http_status: int
+
+
 class FailureBackoff:
     def __init__(
         self,
@@ -64,8 +81,7 @@ class FailureBackoff:
         self.clock = clock
         self.max_keys = max_keys
         self._lock = threading.Lock()  # guards _failures
-        # key -> (failures in a row, held back until, the last error)
-        self._failures: dict[str, tuple[int, float, UpstreamError]] = {}
+        self._failures: dict[str, _Failure] = {}
 
     def check(self, key: str) -> None:
         """Raise :class:`UpstreamHeldBack` if ``key`` failed too recently."""
@@ -73,13 +89,13 @@ class FailureBackoff:
             record = self._failures.get(key)
         if record is None:
             return
-        _, until, last = record
-        remaining = until - self.clock()
+        remaining = record.until - self.clock()
         if remaining > 0:
             error = UpstreamHeldBack(
-                f"{last} (held back for {remaining:.1f}s after failing)", last.upstream_status
+                f"{record.message} (held back for {remaining:.1f}s after failing)",
+                record.upstream_status,
             )
-            error.http_status = last.http_status
+            error.http_status = record.http_status
             error.retry_after = max(1, round(remaining))
             raise error
 
@@ -88,12 +104,15 @@ class FailureBackoff:
             return  # our own refusals say nothing about the upstream
         now = self.clock()
         with self._lock:
-            count = self._failures.get(key, (0, 0.0, error))[0] + 1
+            last = self._failures.pop(key, None)
+            count = (last.count if last is not None else 0) + 1
             delay = min(self.max_s, self.base_s * 2 ** (count - 1))
-            self._failures[key] = (count, now + delay, error)
+            self._failures[key] = _Failure(
+                count, now + delay, str(error)[:300], error.upstream_status, error.http_status
+            )
             if len(self._failures) > self.max_keys:
                 # Forget the records whose interval is over; then, if need be, the oldest.
-                for k in [k for k, (_, until, _) in self._failures.items() if until <= now]:
+                for k in [k for k, f in self._failures.items() if f.until <= now]:
                     del self._failures[k]
                 while len(self._failures) > self.max_keys:
                     del self._failures[next(iter(self._failures))]
