@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.cookiejar
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -24,6 +25,10 @@ from urllib.parse import urlencode
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from .alarms import ALARMS
 
 USER_AGENT = "django-coalescing/0.1"
 READ_CHUNK = 16 * 1024
@@ -81,6 +86,60 @@ class UpstreamResponse:
     elapsed_ms: float
 
 
+#: The deadline of the call this thread (greenlet) is making, for the connection.
+_call = threading.local()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed: the call ended as the alarm rang
+
+
+class _BoundedHeaders:
+    """Reads the status line and headers within what is left of the call's budget.
+
+    A socket timeout bounds each read only; at the deadline an alarm shuts the
+    socket down, which ends the read at once (threads and gevent alike).
+    """
+
+    sock: socket.socket | None
+
+    def getresponse(self, *args, **kwargs):
+        deadline = getattr(_call, "deadline", None)
+        sock = self.sock
+        if deadline is None or sock is None:
+            return super().getresponse(*args, **kwargs)
+        alarm = ALARMS.at(deadline, lambda: _shut(sock))
+        try:
+            return super().getresponse(*args, **kwargs)
+        finally:
+            ALARMS.cancel(alarm)
+
+
+class _HTTPConnection(_BoundedHeaders, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_BoundedHeaders, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _Adapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
 class UpstreamClient:
     def __init__(self, pool_maxsize: int = 256) -> None:
         self.pool_maxsize = pool_maxsize
@@ -99,7 +158,7 @@ class UpstreamClient:
         session = requests.Session()
         session.trust_env = False
         session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=self.pool_maxsize, max_retries=0)
+        adapter = _Adapter(pool_connections=16, pool_maxsize=self.pool_maxsize, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers.clear()
@@ -112,6 +171,7 @@ class UpstreamClient:
         """One GET within ``timeout`` seconds in all. Returns 200 and 404 answers."""
         started = time.monotonic()
         deadline = started + timeout
+        _call.deadline = deadline
         try:
             response = self.session.get(
                 request.full_url,
@@ -122,7 +182,11 @@ class UpstreamClient:
         except requests.Timeout as exc:
             raise UpstreamTimeout(f"upstream did not answer within {timeout:.1f}s") from exc
         except requests.RequestException as exc:
+            if time.monotonic() >= deadline:  # the alarm cut a trickle of headers
+                raise UpstreamTimeout(f"upstream did not answer within {timeout:.1f}s") from exc
             raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}") from exc
+        finally:
+            _call.deadline = None
         try:
             if response.status_code not in (200, 404):
                 raise UpstreamBadStatus(

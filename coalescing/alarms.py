@@ -1,0 +1,85 @@
+"""Actions run at a deadline, for blocking work that has no time bound of its own.
+
+A socket timeout bounds one read, not a sequence of them: an upstream that
+sends its headers one byte every 100 ms never trips it. An :class:`Alarm`
+bounds the whole: at its deadline it runs an action (shut the socket down)
+unless it was cancelled first. One daemon thread (a greenlet under gevent)
+sleeps until the earliest deadline; it is started on first use and again
+after a fork, since threads do not survive one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("coalescing")
+
+
+class Alarm:
+    __slots__ = ("action", "when")
+
+    def __init__(self, when: float, action: Callable[[], None]) -> None:
+        self.when = when
+        self.action: Callable[[], None] | None = action
+
+
+class Alarms:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()  # guards _heap and _thread
+        # Cancelled alarms stay until their time comes: at most calls/s x budget.
+        self._heap: list[tuple[float, int, Alarm]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def at(self, when: float, action: Callable[[], None]) -> Alarm:
+        """Run ``action`` at ``when`` (``time.monotonic()``) unless cancelled."""
+        alarm = Alarm(when, action)
+        with self._cond:
+            self._ensure_thread()
+            heapq.heappush(self._heap, (when, next(self._seq), alarm))
+            if self._heap[0][2] is alarm:
+                self._cond.notify()
+        return alarm
+
+    @staticmethod
+    def cancel(alarm: Alarm) -> None:
+        alarm.action = None
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="coalescing-alarms", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    while self._heap and self._heap[0][2].action is None:
+                        heapq.heappop(self._heap)
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    delay = self._heap[0][0] - time.monotonic()
+                    if delay <= 0:
+                        break
+                    self._cond.wait(delay)
+                alarm = heapq.heappop(self._heap)[2]
+                action, alarm.action = alarm.action, None
+            if action is not None:
+                try:
+                    action()
+                except Exception:  # an alarm's failure must not stop the others
+                    log.exception("coalescing: an alarm's action failed")
+
+
+#: The process's alarms.
+ALARMS = Alarms()
