@@ -20,6 +20,7 @@ from .coalescer import Lookup, Outcome
 from .entry import Entry, State
 from .health import Health
 from .lease import Leases, Notifier
+from .protection import UpstreamOverloaded
 from .tiers.base import TierError
 from .tiers.redis import RedisTier
 from .upstream import UpstreamError, UpstreamTimeout
@@ -116,7 +117,12 @@ class DistributedFlight:
             if outcome.error is not None:
                 error = outcome.error
                 self.notifier.publish(
-                    "fail", lk.key_hash, error.http_status, error.fwd_status, str(error)[:200]
+                    "fail",
+                    lk.key_hash,
+                    error.http_status,
+                    error.fwd_status,
+                    error.retry_after or 0,
+                    str(error)[:200],
                 )
             else:
                 self.notifier.publish("done", lk.key_hash)
@@ -135,15 +141,33 @@ class DistributedFlight:
             self.health.failed("publish", exc)
 
 
+#: The error classes a ``fail`` message is rebuilt as, by the status it gave.
+_ERRORS_BY_STATUS: dict[int, type[UpstreamError]] = {
+    504: UpstreamTimeout,
+    503: UpstreamOverloaded,
+}
+
+
 def _error(message: list[str]) -> UpstreamError:
-    """The leader's error, as reported in its ``fail`` message."""
+    """The leader's error, as its ``fail`` message reported it.
+
+    ``fail <key> <sender> <http status> <fwd status> <retry-after s> <text>``:
+    the waiters here answer as the leader's own waiters did, status and
+    ``Retry-After`` included.
+    """
     try:
-        http_status, fwd_status = int(message[3]), int(message[4])
+        http_status, fwd_status, retry_after = int(message[3]), int(message[4]), int(message[5])
     except (IndexError, ValueError):
-        http_status, fwd_status = 502, 502
-    text = message[5] if len(message) > 5 else "upstream call failed in another process"
-    cls = UpstreamTimeout if http_status == 504 else UpstreamError
-    return cls(text, fwd_status if fwd_status != http_status else None)
+        http_status, fwd_status, retry_after = 502, 502, 0
+    if http_status not in (502, 503, 504):
+        http_status = 502
+    text = message[6] if len(message) > 6 else "upstream call failed in another process"
+    error = _ERRORS_BY_STATUS.get(http_status, UpstreamError)(
+        text, fwd_status if fwd_status != http_status else None
+    )
+    error.http_status = http_status
+    error.retry_after = retry_after or None
+    return error
 
 
 def _fallback(

@@ -174,7 +174,7 @@ class Notifier:
 
     def _dispatch(self, data: bytes | str) -> None:
         text = data.decode() if isinstance(data, bytes) else data
-        parts = text.split(" ", 5)
+        parts = text.split(" ", 6)  # the last part, a fail's text, may hold spaces
         if len(parts) < 3:
             return
         kind, key_hash, sender = parts[0], parts[1], parts[2]
