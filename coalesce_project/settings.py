@@ -30,7 +30,7 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = env.get("SECRET_KEY", "")
+SECRET_KEY = env.get("SECRET_KEY", "").strip()
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
@@ -66,6 +66,10 @@ if _default_db.get("ENGINE") == "django.db.backends.sqlite3":
             "transaction_mode": "IMMEDIATE",
         }
     )
+elif _default_db.get("ENGINE") == "django.db.backends.postgresql":
+    # A database that does not answer must not hold a thread forever: the
+    # persistent tier is a cache, a miss is better (psycopg's minimum is 2 s).
+    _default_db.setdefault("OPTIONS", {}).setdefault("connect_timeout", 2)
 DATABASES = {"default": _default_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
