@@ -226,7 +226,11 @@ class Coalescer:
         return Answer(entry, x_cache, source, None, lk.policy)
 
     def _give_up(self, lk: Lookup) -> Answer:
-        """A waiter's bound ran out: stale if the memory tier has it, else a 504."""
+        """A waiter's bound ran out: stale if the memory tier has it, else a 504.
+
+        The flight wrote the best value of the lower tiers into the memory tier
+        before calling the upstream, so memory is the one place to look.
+        """
         entry = self.memory.get(lk.key_hash)
         error = UpstreamTimeout("upstream call still running after the wait bound")
         if entry is not None and lk.policy.usable_on_error(entry, self.clock()):
@@ -249,7 +253,7 @@ class Coalescer:
     def _load_inner(self, lk: Lookup, accept: frozenset[State]) -> Outcome:
         now = self.clock()
         best: Entry | None = None
-        best_source = ""
+        best_source, best_index = "", 0
         # Look again in every tier, memory included: the value may have landed
         # since the caller looked (dogpile makes extra calls for want of this).
         for index, guard in enumerate(self.tiers):
@@ -264,7 +268,11 @@ class Coalescer:
                 self._write(lk, entry, self.tiers[:index])
                 return Outcome(entry, guard.tier.name)
             if best is None or entry.fetched_at > best.fetched_at:
-                best, best_source = entry, guard.tier.name
+                best, best_source, best_index = entry, guard.tier.name, index
+        if best is not None and best_index > 0:
+            # Up into the faster tiers now, though not servable as is: a waiter
+            # that gives up on this flight (see _give_up) finds it there.
+            self._write(lk, best, self.tiers[:best_index])
         if self.distributed is None:
             return self._call_upstream(lk, best, best_source)
         outcome = self.distributed.run(
