@@ -98,7 +98,9 @@ class TierGuard:
         self.health = Health(tier.name)
 
     def call(self, op: str, fn: Callable[[], Any]) -> Any:
-        if not self.health.available():
+        # A tier that buffers its writes takes them while it is down: its
+        # writer keeps them until the backend is back (bounded, see the tier).
+        if not self.health.available() and not (op == "set" and self.tier.buffers_writes):
             return None
         try:
             result = fn()

@@ -29,6 +29,9 @@ INT_SETTINGS: dict[str, tuple[int, int]] = {
     "MEMORY_CACHE_MAX_BYTES": (67_108_864, 0),
     # Upstream calls at once per process; 0: no cap.
     "UPSTREAM_MAX_CONCURRENCY": (100, 0),
+    # Bound of one read of the persistent tier: a database slower than this
+    # is a miss, so that a hung database cannot hold cold requests (gevent).
+    "DATABASE_TIMEOUT_MS": (500, 1),
 }
 STR_SETTINGS: dict[str, str] = {
     "REDIS_URL": "",
@@ -49,6 +52,7 @@ class CoalescingSettings:
     upstream_max_bytes: int
     memory_cache_max_bytes: int
     upstream_max_concurrency: int
+    database_timeout_ms: int
     redis_url: str
     database_alias: str
     redis_prefix: str

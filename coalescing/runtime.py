@@ -39,7 +39,14 @@ def _build() -> Coalescer:
     conf = get_settings()
     memory = MemoryTier(conf.memory_cache_max_bytes)
     redis_tier = _redis_tier(conf) if conf.redis_url else None
-    lower = [t for t in (redis_tier, DatabaseTier(using=conf.database_alias)) if t is not None]
+    lower = [
+        t
+        for t in (
+            redis_tier,
+            DatabaseTier(using=conf.database_alias, timeout=conf.database_timeout_ms / 1000.0),
+        )
+        if t is not None
+    ]
     coalescer = Coalescer(
         memory,
         lower,

@@ -19,6 +19,8 @@ class TierError(Exception):
 class Tier(abc.ABC):
     #: Short name shown in ``Cache-Status`` ``detail=`` and in metrics.
     name: str = ""
+    #: ``set`` only buffers, so it is taken even while the tier is failing.
+    buffers_writes: bool = False
 
     # ``name`` is the entry's single-flight name: the Redis tier keeps one
     # name's keys on one cluster shard with it; other tiers ignore it.

@@ -4,30 +4,53 @@ Reads are one indexed query. Writes go to a buffer that a writer thread (a
 greenlet under gevent) drains in batches of monotonic upserts, so no request
 ever waits for a database write, and a burst of writes for one key becomes
 one row write. :meth:`flush` writes the buffer out at once (on shutdown).
+
+While the database is down the buffer keeps what it cannot write (up to
+``max_pending`` entries, the oldest dropped first) and the writer tries
+again every second, so what was fetched during an outage reaches the
+database once it is back. Under gevent every read and write is cut at its
+time bound: a database that hangs is a miss, not a wait.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.db import close_old_connections, connections
 from django.db.utils import Error as DatabaseError
 
 from ..entry import Entry
+from ..health import Health
 from ..models import CacheEntry
 from .base import Tier, TierError
 
 log = logging.getLogger(__name__)
 
+#: How many times the read bound a batch write may take.
+WRITE_BOUND_FACTOR = 10
+
 
 class DatabaseTier(Tier):
     name = "db"
+    buffers_writes = True
 
-    def __init__(self, using: str = "default", flush_interval: float = 0.05) -> None:
+    def __init__(
+        self,
+        using: str = "default",
+        flush_interval: float = 0.05,
+        timeout: float = 0.5,
+        max_pending: int = 10_000,
+    ) -> None:
         self.using = using
         self.flush_interval = flush_interval
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self.writer_health = Health("db", retry_s=1.0)
         self._pending: dict[str, Entry] = {}  # guarded by _pending_lock
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()  # one batch write at a time
@@ -42,16 +65,20 @@ class DatabaseTier(Tier):
         if pending is not None:
             return pending
         try:
-            return CacheEntry.objects.get_entry(key_hash, using=self.using)
+            with self._bounded(self.timeout, "read"):
+                return CacheEntry.objects.get_entry(key_hash, using=self.using)
         except DatabaseError as exc:
             self._discard_connection()
             raise TierError(f"database read failed: {exc}") from exc
 
     def set(self, entry: Entry, lifetime_ms: int = 0) -> None:
         with self._pending_lock:
-            old = self._pending.get(entry.key_hash)
-            if old is None or old.fetched_at <= entry.fetched_at:
-                self._pending[entry.key_hash] = entry
+            old = self._pending.pop(entry.key_hash, None)
+            self._pending[entry.key_hash] = (
+                entry if old is None or old.fetched_at <= entry.fetched_at else old
+            )
+            while len(self._pending) > self.max_pending:  # the oldest write goes first
+                del self._pending[next(iter(self._pending))]
         self._ensure_writer()
         self._wakeup.set()
 
@@ -62,7 +89,8 @@ class DatabaseTier(Tier):
             with self._pending_lock:
                 self._pending.pop(key_hash, None)
             try:
-                CacheEntry.objects.delete_key(key_hash, using=self.using)
+                with self._bounded(self.timeout, "delete"):
+                    CacheEntry.objects.delete_key(key_hash, using=self.using)
             except DatabaseError as exc:
                 self._discard_connection()
                 raise TierError(f"database delete failed: {exc}") from exc
@@ -102,10 +130,13 @@ class DatabaseTier(Tier):
             self._wakeup.clear()
             try:
                 self._write_pending()
-            except Exception:  # never let the writer die; the batch was put back
-                log.warning("coalescing: database write failed, will retry", exc_info=True)
-                threading.Event().wait(1.0)
+            except Exception as exc:  # never let the writer die; the batch was put back
+                # Counted every time, logged once per outage (not every second).
+                self.writer_health.failed("write", exc)
+                threading.Event().wait(self.writer_health.retry_s)
                 self._wakeup.set()
+            else:
+                self.writer_health.succeeded()
             # Let a burst gather into one batch.
             threading.Event().wait(self.flush_interval)
 
@@ -116,17 +147,52 @@ class DatabaseTier(Tier):
             if not batch:
                 return
             try:
-                for start in range(0, len(batch), 500):
-                    chunk = list(batch.values())[start : start + 500]
-                    CacheEntry.objects.upsert_many(chunk, using=self.using)
-            except DatabaseError:
+                entries = list(batch.values())
+                for start in range(0, len(entries), 500):
+                    with self._bounded(max(5.0, self.timeout * WRITE_BOUND_FACTOR), "write"):
+                        CacheEntry.objects.upsert_many(
+                            entries[start : start + 500], using=self.using
+                        )
+                    # Written: not put back if a later chunk fails.
+                    for entry in entries[start : start + 500]:
+                        del batch[entry.key_hash]
+            except (DatabaseError, TierError):
                 self._discard_connection()
                 with self._pending_lock:  # put back what is not newer in the buffer
                     for key_hash, entry in batch.items():
                         newer = self._pending.get(key_hash)
                         if newer is None or newer.fetched_at < entry.fetched_at:
                             self._pending[key_hash] = entry
+                    while len(self._pending) > self.max_pending:
+                        del self._pending[next(iter(self._pending))]
                 raise
+
+    @contextmanager
+    def _bounded(self, seconds: float, op: str) -> Iterator[None]:
+        """Cut the block at ``seconds`` when gevent runs the sockets.
+
+        Without gevent a blocked thread cannot be interrupted: there the
+        database's own timeouts bound it (``connect_timeout`` in the project's
+        settings; SQLite's ``timeout``).
+        """
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is None or not monkey.is_module_patched("socket"):
+            yield
+            return
+        import gevent
+
+        timeout = gevent.Timeout(seconds)
+        timeout.start()
+        try:
+            yield
+        except gevent.Timeout as exc:
+            if exc is not timeout:
+                raise
+            # Cut mid-protocol: the connection is in an unknown state.
+            connections[self.using].close()
+            raise TierError(f"database {op} took longer than {seconds:.2f}s") from None
+        finally:
+            timeout.close()
 
     def _discard_connection(self) -> None:
         """Drop this thread's connection if it broke, so the next use reconnects."""
