@@ -25,7 +25,6 @@ ALLOWED_ERRORS = frozenset({502, 503, 504})
 CLIENT_TIMEOUT_S = 20.0
 #: What the coalescer answers a waiter it gives up on, and the test of that bug.
 GAVE_UP = "still running after the wait bound"
-GIVE_UP_TEST = "test_faults.py::test_a_waiter_given_up_on_gets_the_stale_value_of_a_lower_tier"
 #: A waiter the coalescer gives up on is answered at the bound itself; what a
 #: client measures on top (loopback, its own threads on a shared 2-core machine)
 #: is forgiven up to this much. Waits past the exact bound are shown anyway.
@@ -303,10 +302,6 @@ class Result:
     all_must_200: bool = False
     #: Missed targets found by the scenario's own checks.
     failures: list[str] = field(default_factory=list)
-    #: Missed targets explained by a known bug: (what, the xfail test that pins it).
-    known_bugs: list[tuple[str, str]] = field(default_factory=list)
-    #: Tags of :meth:`checks` that a known bug explains here: tag -> its xfail test.
-    known_tags: dict[str, str] = field(default_factory=lambda: {"gaveup": GIVE_UP_TEST})
 
     def fill(self, samples: Sequence[Sample], bound_s: float) -> Result:
         self.requests = len(samples)
@@ -328,7 +323,7 @@ class Result:
         not_200 = [s for s in must if s.status != 200 and s.problem != "no answer"]
         self.stale_keys_not_200 = len(not_200)
         # A waiter the coalescer gave up on, for a key whose value sits in Redis
-        # and the database: answered 504 though stale was there (a known bug).
+        # and the database: answered 504 though stale was there.
         self.stale_keys_gave_up = sum(
             1 for s in not_200 if s.key.warm and s.status == 504 and GAVE_UP in s.error
         )
@@ -336,9 +331,8 @@ class Result:
 
     def checks(self, bound_s: float) -> list[tuple[str, str]]:
         """Every missed target as (tag, text); tags: lost, crossed, bad, bound, not200,
-        traceback, and known:<n> / failure for the scenario's own findings."""
+        traceback, and failure for the scenario's own findings."""
         out: list[tuple[str, str]] = [("failure", f) for f in self.failures]
-        out += [(f"known:{i}", what) for i, (what, _) in enumerate(self.known_bugs)]
         if self.lost:
             out.append(("lost", f"{self.lost} answers lost (no answer or 500)"))
         if self.crossed:
@@ -369,24 +363,11 @@ class Result:
             out.append(("traceback", f"{self.tracebacks} tracebacks in the server logs"))
         return out
 
-    def violations(self, bound_s: float, known: bool = True) -> list[str]:
-        """Missed targets; ``known=False`` leaves out those a known bug explains
-        (``known_bugs`` entries, and the tags listed in ``known_tags``)."""
+    def violations(self, bound_s: float) -> list[str]:
+        """Every missed target, as text."""
         if self.skipped:
             return []
-        out = []
-        for tag, text in self.checks(bound_s):
-            test = self._known_test(tag)
-            if test is None:
-                out.append(text)
-            elif known:
-                out.append(f"{text} (known bug: {test})")
-        return out
-
-    def _known_test(self, tag: str) -> str | None:
-        if tag.startswith("known:"):
-            return self.known_bugs[int(tag.split(":")[1])][1]
-        return self.known_tags.get(tag)
+        return [text for _, text in self.checks(bound_s)]
 
 
 class Stampedes:

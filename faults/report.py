@@ -26,9 +26,7 @@ def _counts(counts: dict[str, int]) -> str:
 def verdict(result: Result, bound_s: float) -> str:
     if result.skipped:
         return "skipped"
-    if result.violations(bound_s, known=False):
-        return "FAIL"
-    return "FAIL (known bug)" if result.violations(bound_s) else "pass"
+    return "FAIL" if result.violations(bound_s) else "pass"
 
 
 def summary_table(results: Sequence[Result], bound_s: float) -> str:
@@ -47,18 +45,6 @@ def summary_table(results: Sequence[Result], bound_s: float) -> str:
             f"{r.crossed} | {_ms(r.max_latency)} | {r.stale_keys_not_200} of "
             f"{r.stale_keys_asked} | {verdict(r, bound_s)} |"
         )
-    known = sorted(
-        {
-            test.split("::")[-1]
-            for r in results
-            for text in r.violations(bound_s)
-            if "(known bug: " in text
-            for test in text.split("(known bug: ", 1)[1].rstrip(")").split(" and ")
-        }
-    )
-    if known:
-        rows += ["", "Known bugs behind the failures (tests/test_faults.py, strict xfails):"]
-        rows += [f"`{name}`" + ("," if i < len(known) - 1 else ".") for i, name in enumerate(known)]
     return "\n".join(rows)
 
 

@@ -30,7 +30,6 @@ from tests.upstream import FakeUpstream
 
 from .cluster import FRESH_S, STALE_S, UPSTREAM_TIMEOUT_S, WAIT_BOUND_S, Cluster
 from .load import (
-    GIVE_UP_TEST,
     Key,
     Load,
     Recorder,
@@ -346,7 +345,6 @@ def slow_headers(ctx: Ctx) -> Result:
         "a header one byte every 50 ms for 10 s, then the body",
         _mode("slow_headers", 200),
     )
-    result.known_tags["gaveup"] = f"{HEADERS_TEST} and {GIVE_UP_TEST}"
     return result
 
 
@@ -361,9 +359,7 @@ def _kept_memory(result: Result) -> Result:
     """Memory that stays after the fault: the bodies read up to the cap are kept."""
     grown = max(result.rss_growth_mb.values(), default=0.0)
     if grown > 64:
-        result.known_bugs.append(
-            (f"a server's memory grew by {grown:.0f} MiB and stayed", OVERCAP_TEST)
-        )
+        result.failures.append(f"a server's memory grew by {grown:.0f} MiB and stayed")
     return result
 
 
@@ -604,11 +600,8 @@ def pg_restart(ctx: Ctx) -> Result:
         f"it within {wait_s} s of its return"
     )
     if found < during:
-        result.known_bugs.append(
-            (
-                f"{len(during - found)} entries fetched while PostgreSQL was down never reached it",
-                "test_faults.py::test_an_entry_fetched_while_the_database_is_down_reaches_it_later",
-            )
+        result.failures.append(
+            f"{len(during - found)} entries fetched while PostgreSQL was down never reached it"
         )
     return result
 
@@ -648,13 +641,7 @@ def pg_frozen(ctx: Ctx) -> Result:
         pg.freeze,
         pg.thaw,  # type: ignore[arg-type]
     )
-    result.known_tags["not200"] = FROZEN_DB_TEST
     return result
-
-
-HEADERS_TEST = "test_faults.py::test_an_upstream_that_trickles_its_headers_is_cut_at_its_budget"
-OVERCAP_TEST = "test_faults.py::test_bodies_over_the_cap_are_not_kept_after_the_call"
-FROZEN_DB_TEST = "test_faults.py::test_a_database_that_never_answers_does_not_stop_the_upstream"
 
 
 def _skipped(name: str, title: str, reason: str) -> Result:

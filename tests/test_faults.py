@@ -6,8 +6,8 @@ gevent workers sharing a Redis and a PostgreSQL of the suite's own) with
 shorter phases; ``make faults`` runs them all at full length and writes
 docs/reliability.md. Each scenario must miss no target (no 500, nothing lost,
 nothing crossed, every wait within ``UPSTREAM_TIMEOUT_MS`` + 1 s, keys with a
-stale value answering 200) but for what a known bug explains: each such bug
-has a focused test below, marked ``xfail(strict=True)`` until it is fixed.
+stale value answering 200). Each bug the suite found has a focused test
+below, so that it stays fixed.
 """
 
 from __future__ import annotations
@@ -60,19 +60,12 @@ def test_fault_scenario(name, fault_cluster, upstream):
     if result.skipped:
         pytest.skip(result.skipped)
     print(report.scenario_table(result, WAIT_BOUND_S))
-    assert not result.violations(WAIT_BOUND_S, known=False), report.scenario_table(
-        result, WAIT_BOUND_S
-    )
+    assert not result.violations(WAIT_BOUND_S), report.scenario_table(result, WAIT_BOUND_S)
 
 
 # -- the bugs the suite found, one focused test each ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="UpstreamClient bounds each read, not the headers as a whole: an upstream that "
-    "sends its headers one byte at a time holds a call for as long as it likes",
-)
 def test_an_upstream_that_trickles_its_headers_is_cut_at_its_budget(upstream):
     upstream.mode, upstream.size = "slow_headers", 60  # 3 s of headers
     started = time.monotonic()
@@ -102,11 +95,6 @@ def redis_coalescer(settings, upstream, redis_url):
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="Coalescer._give_up looks for a stale value in the memory tier only: a waiter "
-    "whose flight outlives the bound gets a 504 though Redis holds a value young enough",
-)
 def test_a_waiter_given_up_on_gets_the_stale_value_of_a_lower_tier(redis_coalescer, upstream):
     lk = ProductEndpoint().lookup_query({"productId": ["GIVEUP1"]})
     old = b'{"path": "/products/GIVEUP1", "query": "", "n": 0}'
@@ -136,11 +124,6 @@ def test_a_waiter_given_up_on_gets_the_stale_value_of_a_lower_tier(redis_coalesc
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="while the database tier's breaker is open (a read failed), TierGuard skips its "
-    "set() too, so an entry fetched during an outage is never buffered for the database",
-)
 def test_an_entry_fetched_while_the_database_is_down_reaches_it_later(
     settings, upstream, monkeypatch
 ):
@@ -188,12 +171,6 @@ def black_hole():
     hole.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the database tier's reads have no time bound (no connect_timeout, no "
-    "statement_timeout): a database that hangs holds every cold flight until the waiters "
-    "give up with a 504, though the upstream is healthy and was never called",
-)
 def test_a_database_that_never_answers_does_not_stop_the_upstream(upstream, black_hole):
     env = {
         "PRODUCT_API_BASE": upstream.url,
@@ -211,12 +188,6 @@ def test_a_database_that_never_answers_does_not_stop_the_upstream(upstream, blac
         srv.kill()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="distributed._error rebuilds a peer's failure as a plain UpstreamError: a 503 "
-    "(over UPSTREAM_MAX_CONCURRENCY) reaches the other processes' waiters as a 502, and "
-    "Retry-After is not published at all",
-)
 def test_waiters_in_other_processes_get_the_leaders_503_and_retry_after(
     upstream, redis_url, tmp_path
 ):
@@ -260,12 +231,6 @@ def test_waiters_in_other_processes_get_the_leaders_503_and_retry_after(
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="FailureBackoff keeps each failing key's exception, and with it the traceback "
-    "whose frames hold the body read so far: about 1 MiB kept per key whose upstream body "
-    "went over the cap, for up to 10,000 keys (make soak: serve grew by 260 MiB)",
-)
 def test_bodies_over_the_cap_are_not_kept_after_the_call(settings, upstream):
     import gc
     import tracemalloc

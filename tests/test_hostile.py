@@ -344,12 +344,17 @@ def test_servers_refuse_to_start_in_production_without_a_secret_key(server_kind)
     assert time.monotonic() - started < 60
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a SECRET_KEY of only blanks counts as set: settings.py tests the raw value, so "
-    "DEBUG=0 starts with a secret of three spaces",
-)
 def test_a_blank_secret_key_is_a_missing_one():
     done = manage("check", env={"DEBUG": "0", "SECRET_KEY": "   "}, timeout=60)
     assert done.returncode != 0
     assert "SECRET_KEY" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["a:b", "", "x" * 65, "with space", "new\nline"])
+def test_an_endpoint_name_that_could_collide_or_break_a_message_is_refused(name):
+    from coalescing import CoalescedEndpoint
+
+    # ``<name>:<key>`` is the readable key: with a ':' in the name, endpoint
+    # "a:b" with key "c" and endpoint "a" with key "b:c" would share entries.
+    with pytest.raises(ValueError, match="name must be"):
+        type("Colliding", (CoalescedEndpoint,), {"name": name})
