@@ -6,6 +6,7 @@ module of every installed app at start-up, as the admin does with ``admin``.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -14,7 +15,17 @@ if TYPE_CHECKING:
 _endpoints: dict[str, type[CoalescedEndpoint]] = {}
 
 
+#: What an endpoint name may be: it starts every cache key (``<name>:<key>``),
+#: so no ``:``; it is a metrics label and fits ``CacheEntry.endpoint``.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def add(cls: type[CoalescedEndpoint]) -> None:
+    if not isinstance(cls.name, str) or not NAME_PATTERN.fullmatch(cls.name):
+        raise ValueError(
+            f"{cls.__qualname__}.name must be 1 to 64 letters, digits, '_', '.' or '-', "
+            f"got {cls.name!r}"
+        )
     existing = _endpoints.get(cls.name)
     if existing is not None and existing.__qualname__ != cls.__qualname__:
         raise ValueError(f"two endpoints are named {cls.name!r}: {existing} and {cls}")
