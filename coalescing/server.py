@@ -3,6 +3,8 @@
 Two things make gevent's pywsgi fast on keep-alive connections: TCP_NODELAY
 on every accepted socket, and a Content-Length on every response (without it
 pywsgi answers chunked, and the last chunk waits 40 ms for a delayed ACK).
+A connection idle for ``IDLE_TIMEOUT_S`` is closed, so that clients which
+open connections and walk away cannot hold the process's descriptors forever.
 """
 
 from __future__ import annotations
@@ -15,14 +17,22 @@ from gevent.pywsgi import WSGIServer
 
 #: The address this process serves on, once ``serve`` has bound it.
 bound_address: tuple[str, int] | None = None
+#: Longest wait for the next request on a keep-alive connection (nginx: 75 s),
+#: and for any one read or write on it.
+IDLE_TIMEOUT_S = 60.0
 
 
 class NoDelayWSGIServer(WSGIServer):
+    idle_timeout: float = IDLE_TIMEOUT_S
+
     def handle(self, sock: socket.socket, address: Any) -> None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # not TCP (a Unix socket): nothing to do
+        # pywsgi treats a timeout while waiting for a request line as the
+        # client going away: the connection is closed quietly.
+        sock.settimeout(self.idle_timeout)
         super().handle(sock, address)
 
 

@@ -101,9 +101,9 @@ class Server:
         return requests.get(self.url + path, **kwargs)  # type: ignore[arg-type]
 
 
-def serve(env: Mapping[str, str], port: int | None = None) -> Server:
+def serve(env: Mapping[str, str], port: int | None = None, *extra: str) -> Server:
     port = port or free_port()
-    return Server([PYTHON, "manage.py", "serve", "--port", str(port)], env, port)
+    return Server([PYTHON, "manage.py", "serve", "--port", str(port), *extra], env, port)
 
 
 def gunicorn(env: Mapping[str, str], workers: int = 3, port: int | None = None) -> Server:

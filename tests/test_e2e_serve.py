@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -221,6 +222,27 @@ def test_keep_alive_responses_are_not_chunked(server, upstream):
             answer = product(server, session=session)
             assert "chunked" not in answer.headers.get("Transfer-Encoding", "")
             assert int(answer.headers["Content-Length"]) == len(answer.content)
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(upstream, sqlite_url):
+    env = {"PRODUCT_API_BASE": upstream.url, "DATABASE_URL": sqlite_url}
+    assert manage("migrate", "--noinput", env=env).returncode == 0
+    srv = serve(env, None, "--idle-timeout", "1")
+    try:
+        request = f"GET /products?productId=IDLE1 HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.sendall(request.encode())
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            started = time.monotonic()
+            assert sock.recv(65536) == b""  # closed by the server, not by us
+            assert 0.5 < time.monotonic() - started < 5
+        # A connection in use is not cut: requests one after another keep it.
+        with requests.Session() as session:
+            for _ in range(3):
+                assert product(srv, session=session).status_code == 200
+                time.sleep(0.4)
+    finally:
+        srv.stop()
 
 
 def test_django_runserver_threads_coalesce_too(upstream, sqlite_url):

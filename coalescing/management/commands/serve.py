@@ -23,9 +23,24 @@ class Command(BaseCommand):
             default=10.0,
             help="seconds to let requests in hand finish on SIGTERM",
         )
+        parser.add_argument(
+            "--idle-timeout",
+            type=float,
+            default=None,
+            help="seconds before an idle keep-alive connection is closed (default 60)",
+        )
         parser.add_argument("--access-log", action="store_true", help="log every request")
 
-    def handle(self, *args, host: str, port: int, stop_timeout: float, access_log: bool, **kw):
+    def handle(
+        self,
+        *args,
+        host: str,
+        port: int,
+        stop_timeout: float,
+        idle_timeout: float | None,
+        access_log: bool,
+        **kw,
+    ):
         import gevent
         import gevent.pool
         from gevent import monkey
@@ -37,6 +52,8 @@ class Command(BaseCommand):
             )
         if not 0 < port < 65536:
             raise CommandError(f"--port must be between 1 and 65535, got {port}")
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise CommandError(f"--idle-timeout must be above 0 seconds, got {idle_timeout}")
         from django.core.wsgi import get_wsgi_application
 
         from coalescing import server
@@ -52,6 +69,8 @@ class Command(BaseCommand):
                 log="default" if access_log else None,
                 spawn=gevent.pool.Pool(),
             )
+            if idle_timeout is not None:
+                httpd.idle_timeout = idle_timeout
             httpd.init_socket()
         except OSError as exc:
             raise CommandError(f"cannot listen on {host}:{port}: {exc}") from exc
