@@ -206,6 +206,11 @@ class Coalescer:
         for guard in self.tiers:
             guard.call("flush", guard.tier.flush)
 
+    def close(self) -> None:
+        """Write out buffered writes, then stop the tiers' threads (a coalescer replaced)."""
+        for guard in self.tiers:
+            guard.call("close", guard.tier.close)
+
     def _from_outcome(self, lk: Lookup, outcome: Outcome, started: bool) -> Answer:
         entry, source = outcome.entry, outcome.source
         if entry is None:

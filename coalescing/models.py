@@ -133,10 +133,12 @@ class CacheEntryQuerySet(models.QuerySet["CacheEntry"]):
 
 class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # type: ignore[misc]
     def get_entry(self, key_hash: str, using: str = "default") -> Entry | None:
-        row = self.using(using).filter(key_hash=key_hash).values_list(*_ENTRY_COLUMNS[1:]).first()
-        if row is None:
+        # ``[:1]``, not ``.first()``: that adds an ORDER BY to a lookup by primary key.
+        found = self.using(using).filter(key_hash=key_hash)
+        rows = list(found.values_list(*_ENTRY_COLUMNS[1:])[:1])
+        if not rows:
             return None
-        key, endpoint, name, status, body, content_type, fetched_at_ms, upstream_url = row
+        key, endpoint, name, status, body, content_type, fetched_at_ms, upstream_url = rows[0]
         return Entry(
             key_hash=key_hash,
             key=key,

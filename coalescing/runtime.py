@@ -110,7 +110,7 @@ def reset() -> None:
     with _lock:
         old, _coalescer = _coalescer, None
     if old is not None:
-        old.flush()
+        old.close()
 
 
 @receiver(setting_changed)

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from coalescing.entry import Entry
 from coalescing.models import CacheEntry
-from coalescing.tiers.database import DatabaseTier
+from coalescing.tiers.database import READERS, DatabaseTier
 
 pytestmark = pytest.mark.django_db(databases=["default", "postgres"], transaction=True)
+
+
+@pytest.fixture
+def make_tier(db_alias):
+    """Tiers on the database under test, closed afterwards (their readers hold connections)."""
+    made: list[DatabaseTier] = []
+
+    def make(**kwargs) -> DatabaseTier:
+        made.append(DatabaseTier(using=db_alias, **kwargs))
+        return made[-1]
+
+    yield make
+    for tier in made:
+        tier.close()
 
 
 def entry(key: str = "k1", fetched_at: float = 1000.0, body: bytes = b'{"a": 1}') -> Entry:
@@ -27,8 +42,8 @@ def entry(key: str = "k1", fetched_at: float = 1000.0, body: bytes = b'{"a": 1}'
     )
 
 
-def test_round_trip_keeps_bytes_and_metadata(db_alias):
-    tier = DatabaseTier(using=db_alias)
+def test_round_trip_keeps_bytes_and_metadata(db_alias, make_tier):
+    tier = make_tier()
     body = bytes(range(256)) * 3
     tier.set(entry(body=body))
     tier.flush()
@@ -45,8 +60,8 @@ def test_writes_are_monotonic_in_sql(db_alias):
     assert CacheEntry.objects.get_entry("k1", using=db_alias).body == b"[3]"
 
 
-def test_writes_happen_behind_the_caller_and_are_batched(db_alias):
-    tier = DatabaseTier(using=db_alias, flush_interval=0.01)
+def test_writes_happen_behind_the_caller_and_are_batched(db_alias, make_tier):
+    tier = make_tier(flush_interval=0.01)
     for i in range(50):
         tier.set(entry(f"k{i}", fetched_at=1000.0 + i))
     # Reads see buffered writes at once, before they reach the database.
@@ -56,8 +71,8 @@ def test_writes_happen_behind_the_caller_and_are_batched(db_alias):
     assert tier.pending == 0
 
 
-def test_the_writer_thread_writes_without_a_flush(db_alias):
-    tier = DatabaseTier(using=db_alias, flush_interval=0.01)
+def test_the_writer_thread_writes_without_a_flush(db_alias, make_tier):
+    tier = make_tier(flush_interval=0.01)
     tier.set(entry("bg"))
     for _ in range(100):
         if CacheEntry.objects.using(db_alias).filter(pk="bg").exists():
@@ -66,8 +81,8 @@ def test_the_writer_thread_writes_without_a_flush(db_alias):
     assert CacheEntry.objects.using(db_alias).filter(pk="bg").exists()
 
 
-def test_delete_removes_the_row_and_the_buffered_write(db_alias):
-    tier = DatabaseTier(using=db_alias)
+def test_delete_removes_the_row_and_the_buffered_write(db_alias, make_tier):
+    tier = make_tier()
     tier.set(entry("gone"))
     tier.flush()
     tier.set(entry("gone", fetched_at=5000.0))
@@ -76,8 +91,8 @@ def test_delete_removes_the_row_and_the_buffered_write(db_alias):
     assert tier.get("gone") is None
 
 
-def test_concurrent_writers_keep_the_newest(db_alias):
-    tier_a, tier_b = DatabaseTier(using=db_alias), DatabaseTier(using=db_alias)
+def test_concurrent_writers_keep_the_newest(db_alias, make_tier):
+    tier_a, tier_b = make_tier(), make_tier()
     errors: list[BaseException] = []
 
     def write(tier: DatabaseTier, start: int) -> None:
@@ -95,3 +110,55 @@ def test_concurrent_writers_keep_the_newest(db_alias):
         t.join(30)
     assert errors == []
     assert CacheEntry.objects.get_entry("hot", using=db_alias).body == b"39"
+
+
+def test_reads_from_many_threads_share_a_few_long_lived_connections(db_alias, make_tier):
+    from django.db.backends.signals import connection_created
+
+    tier = make_tier()
+    tier.set(entry("shared"))
+    tier.flush()
+    opened: list[str] = []
+
+    def count(sender, connection, **kwargs):
+        if connection.alias == db_alias:
+            opened.append(threading.current_thread().name)
+
+    connection_created.connect(count)
+    try:
+        # One thread per read, as every flight runs in a thread of its own.
+        for _ in range(3):
+            threads = [threading.Thread(target=lambda: tier.get("shared")) for _ in range(20)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+    finally:
+        connection_created.disconnect(count)
+    assert tier.get("shared") == entry("shared")
+    assert 1 <= len(opened) <= READERS, opened
+    assert set(opened) == {"coalescing-db-reader"}
+
+
+def test_a_read_that_hangs_is_a_tier_error_within_the_bound_without_gevent(
+    db_alias, make_tier, monkeypatch
+):
+    from coalescing.models import CacheEntryManager
+    from coalescing.tiers.base import TierError
+
+    release = threading.Event()
+    real_get = CacheEntryManager.get_entry
+
+    def hanging_get(self, *args, **kwargs):
+        release.wait(10)  # a database that does not answer
+        return real_get(self, *args, **kwargs)
+
+    monkeypatch.setattr(CacheEntryManager, "get_entry", hanging_get)
+    tier = make_tier(timeout=0.2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TierError, match="longer than"):
+            tier.get("hung")
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()

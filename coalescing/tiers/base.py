@@ -36,3 +36,7 @@ class Tier(abc.ABC):
 
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Write out anything buffered (on shutdown and in tests)."""
+
+    def close(self) -> None:
+        """Write out anything buffered and let go of threads and connections."""
+        self.flush()

@@ -4,6 +4,8 @@ Reads are one indexed query. Writes go to a buffer that a writer thread (a
 greenlet under gevent) drains in batches of monotonic upserts, so no request
 ever waits for a database write, and a burst of writes for one key becomes
 one row write. :meth:`flush` writes the buffer out at once (on shutdown).
+Reads run in a few long-lived reader threads that keep their connections
+(see :mod:`.readers`), each within ``timeout``.
 
 While the database is down the buffer keeps what it cannot write (up to
 ``max_pending`` entries, the oldest dropped first) and the writer tries
@@ -28,11 +30,16 @@ from ..entry import Entry
 from ..health import Health
 from ..models import CacheEntry
 from .base import Tier, TierError
+from .readers import Readers, ReadersBusy, ReadTimeout
 
 log = logging.getLogger(__name__)
 
-#: How many times the read bound a batch write may take.
+#: How many times the read bound a batch write may take, and a reader cut
+#: under gevent (its caller has long gone: this only frees the reader).
 WRITE_BOUND_FACTOR = 10
+#: Reader threads per tier, and the reads that may wait for one.
+READERS = 4
+MAX_QUEUED_READS = 256
 
 
 class DatabaseTier(Tier):
@@ -58,18 +65,43 @@ class DatabaseTier(Tier):
         self._writer: threading.Thread | None = None
         self._closed = False
         self._atexit_registered = False
+        self._readers = Readers(
+            READERS,
+            MAX_QUEUED_READS,
+            on_error=self._discard_connection,
+            on_exit=lambda: connections[self.using].close(),
+        )
 
     def get(self, key_hash: str, name: str = "") -> Entry | None:
         with self._pending_lock:
             pending = self._pending.get(key_hash)
         if pending is not None:
             return pending
+        if self._caller_in_transaction():
+            # Read on the caller's connection: it may hold rows not committed yet.
+            try:
+                with self._bounded(self.timeout, "read"):
+                    return CacheEntry.objects.get_entry(key_hash, using=self.using)
+            except DatabaseError as exc:
+                raise TierError(f"database read failed: {exc}") from exc
         try:
-            with self._bounded(self.timeout, "read"):
-                return CacheEntry.objects.get_entry(key_hash, using=self.using)
+            return self._readers.run(lambda: self._read(key_hash), self.timeout)
+        except (ReadTimeout, ReadersBusy) as exc:
+            raise TierError(str(exc)) from None
         except DatabaseError as exc:
-            self._discard_connection()
             raise TierError(f"database read failed: {exc}") from exc
+
+    def _read(self, key_hash: str) -> Entry | None:
+        """In a reader: one read, cut under gevent if it hangs far past the caller's bound."""
+        with self._bounded(self.timeout * WRITE_BOUND_FACTOR, "read"):
+            return CacheEntry.objects.get_entry(key_hash, using=self.using)
+
+    def _caller_in_transaction(self) -> bool:
+        # initialized_only: looking must not make a connection for this thread.
+        return any(
+            conn.alias == self.using and conn.in_atomic_block
+            for conn in connections.all(initialized_only=True)
+        )
 
     def set(self, entry: Entry, lifetime_ms: int = 0) -> None:
         with self._pending_lock:
@@ -104,8 +136,10 @@ class DatabaseTier(Tier):
         self._write_pending()
 
     def close(self) -> None:
+        """Write what is buffered, then stop the writer and the readers."""
         self._closed = True
         self._wakeup.set()
+        self._readers.close()
         self.flush()
 
     # -- the writer -------------------------------------------------------
