@@ -232,7 +232,15 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(upstream
         request = f"GET /products?productId=IDLE1 HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n\r\n"
         with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
             sock.sendall(request.encode())
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += sock.recv(65536)
+            head, body = answer.split(b"\r\n\r\n", 1)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += sock.recv(65536)
+            assert json.loads(body)["path"] == "/products/IDLE1"
             started = time.monotonic()
             assert sock.recv(65536) == b""  # closed by the server, not by us
             assert 0.5 < time.monotonic() - started < 5
