@@ -147,10 +147,10 @@ class Coalescer:
         if entry is not None:
             state = lk.policy.state(entry, self.clock())
             if state is State.FRESH:
-                metrics.TIER_HITS.labels(lk.endpoint, "memory").inc()
-                return self._answer(lk, entry, "HIT", "memory")
+                metrics.labelled(metrics.TIER_HITS, lk.endpoint, "memory").inc()
+                return Answer(entry, "HIT", "memory", None, lk.policy)
             if state is State.STALE:
-                metrics.TIER_HITS.labels(lk.endpoint, "memory").inc()
+                metrics.labelled(metrics.TIER_HITS, lk.endpoint, "memory").inc()
                 self.refresh(lk)
                 return self._answer(lk, entry, "STALE", "memory")
             if state is State.DEAD:

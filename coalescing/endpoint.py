@@ -15,6 +15,7 @@ no header or cookie can reach the upstream call or the cache key.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any, ClassVar, Generic, TypeVar
 
 from django.http import HttpRequest, HttpResponse
@@ -30,6 +31,11 @@ from .runtime import get_coalescer
 from .upstream import UpstreamRequest
 
 P = TypeVar("P")
+
+#: Query strings whose lookup an endpoint remembers, and the longest remembered.
+LOOKUP_CACHE_SIZE = 4096
+MAX_REMEMBERED_QUERY = 1024
+_lookups_lock = threading.Lock()
 
 
 class CoalescedEndpoint(Generic[P]):
@@ -119,14 +125,39 @@ class CoalescedEndpoint(Generic[P]):
         return self.lookup(self.parse(query))
 
     def view(self, request: HttpRequest) -> HttpResponse:
-        try:
-            lk = self.lookup_query(dict(request.GET.lists()))
-        except BadRequest as exc:
-            return error_response(400, exc.detail)
+        raw = request.META.get("QUERY_STRING", "")
+        lk = self._lookups.get(raw)
+        if lk is None or lk.policy is not self.policy():
+            try:
+                lk = self.lookup_query(dict(request.GET.lists()))
+            except BadRequest as exc:
+                return error_response(400, exc.detail)
+            self._remember(raw, lk)
         coalescer = get_coalescer()
         answer = coalescer.get(lk)
-        metrics.REQUESTS.labels(self.name, answer.x_cache or "ERROR").inc()
+        metrics.labelled(metrics.REQUESTS, self.name, answer.x_cache or "ERROR").inc()
         return build_response(answer, coalescer.clock())
+
+    @property
+    def _lookups(self) -> dict[str, Lookup]:
+        """The lookups of the query strings seen last, so that a hit skips parsing.
+
+        The same query string always gives the same lookup: ``parse``,
+        ``coalescing_name`` and ``cache_key`` depend on the query alone.
+        Bounded (``LOOKUP_CACHE_SIZE``), the oldest forgotten first; a lookup
+        made under other settings (another policy) is made again.
+        """
+        # Set on first use: a subclass's __init__ need not call ours.
+        return self.__dict__.setdefault("_lookup_cache", {})
+
+    def _remember(self, raw: str, lk: Lookup) -> None:
+        if len(raw) > MAX_REMEMBERED_QUERY:
+            return
+        lookups = self._lookups
+        with _lookups_lock:
+            lookups[raw] = lk
+            while len(lookups) > LOOKUP_CACHE_SIZE:
+                del lookups[next(iter(lookups))]
 
     @classmethod
     def register(cls, router: Any, path: str | None = None, **operation: Any) -> None:
