@@ -162,3 +162,41 @@ def test_a_read_that_hangs_is_a_tier_error_within_the_bound_without_gevent(
         assert time.monotonic() - started < 1.0
     finally:
         release.set()
+
+
+def test_an_outage_is_logged_once_and_the_buffer_written_when_it_ends(
+    db_alias, make_tier, monkeypatch, caplog
+):
+    from django.db.utils import OperationalError
+
+    from coalescing.models import CacheEntryManager
+
+    down = threading.Event()
+    down.set()
+    attempts: list[float] = []
+    real_upsert = CacheEntryManager.upsert_many
+
+    def upsert_many(self, *args, **kwargs):
+        attempts.append(time.monotonic())
+        if down.is_set():
+            raise OperationalError("connection refused (the test's outage)")
+        return real_upsert(self, *args, **kwargs)
+
+    monkeypatch.setattr(CacheEntryManager, "upsert_many", upsert_many)
+    tier = make_tier(flush_interval=0.01, max_pending=3)
+    with caplog.at_level("WARNING", logger="coalescing"):
+        for i in range(5):  # more than the buffer keeps: the two oldest go
+            tier.set(entry(f"out{i}", fetched_at=1000.0 + i))
+        deadline = time.monotonic() + 10
+        while len(attempts) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(attempts) >= 3  # the writer retried, about once a second
+        down.clear()
+        while tier.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tier.flush()  # waits for a batch the writer has in hand
+    rows = set(CacheEntry.objects.using(db_alias).values_list("key_hash", flat=True))
+    assert rows == {"out2", "out3", "out4"}
+    failing = [r for r in caplog.records if "failing" in r.getMessage()]
+    back = [r for r in caplog.records if "is back" in r.getMessage()]
+    assert len(failing) == 1 and len(back) == 1, [r.getMessage() for r in caplog.records]

@@ -4,7 +4,6 @@ workers beside a separate ``manage.py serve``, all real processes."""
 from __future__ import annotations
 
 import itertools
-import subprocess
 import threading
 import time
 import uuid
@@ -13,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.servers import free_port, gunicorn, manage, serve
+from faults.services import OwnRedis, Unavailable
+from tests.conftest import missing_service
+from tests.servers import gunicorn, manage, serve
 
 pytestmark = pytest.mark.e2e
 
@@ -120,49 +121,11 @@ def _swallow(fn, *args):
         pass
 
 
-class OwnRedis:
-    """A Redis of this test's own, that it may stop and start again."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        import redis
-
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis.from_url(self.url).ping()
-                return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
 def test_redis_stopped_and_started_under_load(cluster_env, upstream):
-    own = OwnRedis()
+    try:
+        own = OwnRedis()
+    except Unavailable as exc:
+        missing_service(str(exc))
     own.start()
     env = {**cluster_env, "REDIS_URL": own.url}
     a, b = serve(env), serve(env)
