@@ -200,3 +200,17 @@ def test_an_outage_is_logged_once_and_the_buffer_written_when_it_ends(
     failing = [r for r in caplog.records if "failing" in r.getMessage()]
     back = [r for r in caplog.records if "is back" in r.getMessage()]
     assert len(failing) == 1 and len(back) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_with_debug_on_the_readers_keep_no_log_of_their_queries(db_alias, make_tier, settings):
+    from django.db import connections
+
+    settings.DEBUG = True  # Django then logs every query of a connection
+    tier = make_tier()
+    for i in range(40):
+        assert tier.get(f"none{i}") is None
+    # Asked in the readers themselves: each connection's log is empty again.
+    logged = [
+        tier._readers.run(lambda: len(connections[db_alias].queries_log), 1.0) for _ in range(8)
+    ]
+    assert logged == [0] * 8

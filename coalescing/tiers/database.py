@@ -93,8 +93,19 @@ class DatabaseTier(Tier):
 
     def _read(self, key_hash: str) -> Entry | None:
         """In a reader: one read, cut under gevent if it hangs far past the caller's bound."""
-        with self._bounded(self.timeout * WRITE_BOUND_FACTOR, "read"):
-            return CacheEntry.objects.get_entry(key_hash, using=self.using)
+        try:
+            with self._bounded(self.timeout * WRITE_BOUND_FACTOR, "read"):
+                return CacheEntry.objects.get_entry(key_hash, using=self.using)
+        finally:
+            self._forget_queries()
+
+    def _forget_queries(self) -> None:
+        """With DEBUG on, Django logs each query of a connection, 9,000 at most,
+        until a request ends; the reader and writer threads serve no request, so
+        they would keep them (a batch upsert's log holds every body it wrote)."""
+        conn = connections[self.using]
+        if conn.queries_logged:
+            conn.queries_log.clear()
 
     def _caller_in_transaction(self) -> bool:
         # initialized_only: looking must not make a connection for this thread.
@@ -171,6 +182,8 @@ class DatabaseTier(Tier):
                 self._wakeup.set()
             else:
                 self.writer_health.succeeded()
+            finally:
+                self._forget_queries()
             # Let a burst gather into one batch.
             threading.Event().wait(self.flush_interval)
 
