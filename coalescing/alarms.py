@@ -55,6 +55,9 @@ class Alarms:
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
             return
+        if self._pid != os.getpid():
+            # A forked child inherits the parent's sockets: its alarms are not ours.
+            self._heap.clear()
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="coalescing-alarms", daemon=True)
         self._thread.start()
