@@ -1,9 +1,9 @@
 """Before and after: ours as it is against ours with proposed patches, interleaved.
 
-``python -m bench.experiments.ab w3 fasthits`` runs W3 (wrk, warm key) on
-``bare``, ours, and ours with ``BENCH_PATCHES=fasthits``, alternating, and
+``python -m bench.experiments.ab w3 <patch>`` runs W3 (wrk, warm key) on
+``bare``, ours, and ours with ``BENCH_PATCHES=<patch>``, alternating, and
 prints the medians (kept in ``bench/results/ab-<workload>-<patches>.json``);
-``w6 dbpool`` does the same with cold misses, ``w5 backoff`` with the outage.
+``w6 <patch>`` does the same with cold misses, ``w5 backoff`` with the outage.
 Each run is short: this is the evidence behind a proposal in
 docs/benchmarks.md, not a benchmark of its own.
 """

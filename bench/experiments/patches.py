@@ -5,10 +5,12 @@ docs/benchmarks.md, written as the smallest patch that shows what the change
 buys. ``ApplyPatches`` is a middleware only to run once Django is set up; it
 applies the patches named in ``BENCH_PATCHES`` and then drops out.
 
-- ``dbpool``: the database tier's reads run in a few long-lived greenlets that
-  keep their connection, instead of each flight opening (and closing) one.
-- ``fasthits``: the hit path remembers the lookup of a query string it has
-  parsed already, and the labelled metric children it has used.
+Two patches measured here have landed in ``coalescing`` and are gone from
+this file: ``dbpool`` (reads in long-lived threads keeping their connections,
+commit ``13a9049``; its figures in ``bench/results/ab-w6-dbpool.json``) and
+``fasthits`` (remembered lookups and metric children, commit ``48fca46``;
+``ab-w3-fasthits.json``).
+
 - ``backoff``: after a failed refresh of a key, no new refresh of that key
   for one second (stale is served meanwhile).
 - ``eager``: the greenlet that leads a flight runs at once, up to its first
@@ -28,68 +30,6 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import MiddlewareNotUsed
-
-
-def dbpool(readers: int = 4) -> None:
-    import gevent
-    import gevent.event
-    import gevent.queue
-
-    from coalescing.tiers.database import DatabaseTier
-
-    original = DatabaseTier.get
-    jobs: Any = gevent.queue.Queue()
-
-    def reader() -> None:
-        while True:
-            fn, result = jobs.get()
-            try:
-                result.set(fn())
-            except BaseException as exc:  # handed to the caller
-                result.set_exception(exc)
-
-    for _ in range(readers):
-        gevent.spawn(reader)
-
-    def get(self: DatabaseTier, key_hash: str, *args: Any, **kwargs: Any) -> Any:
-        result = gevent.event.AsyncResult()
-        jobs.put((lambda: original(self, key_hash, *args, **kwargs), result))
-        return result.get(timeout=10)
-
-    DatabaseTier.get = get  # type: ignore[method-assign]
-
-
-def fasthits(limit: int = 10_000) -> None:
-    from coalescing import endpoint as module
-    from coalescing import metrics
-    from coalescing.errors import BadRequest
-    from coalescing.responses import build_response, error_response
-    from coalescing.runtime import get_coalescer
-
-    def view(self: Any, request: Any) -> Any:
-        lookups = self.__dict__.setdefault("_bench_lookups", {})
-        query = request.META.get("QUERY_STRING", "")
-        lk = lookups.get(query)
-        if lk is None:
-            try:
-                lk = self.lookup_query(dict(request.GET.lists()))
-            except BadRequest as exc:
-                return error_response(400, exc.detail)
-            if len(lookups) >= limit:
-                lookups.clear()
-            lookups[query] = lk
-        coalescer = get_coalescer()
-        answer = coalescer.get(lk)
-        counters = self.__dict__.setdefault("_bench_counters", {})
-        counter = counters.get(answer.x_cache)
-        if counter is None:
-            counter = counters[answer.x_cache] = metrics.REQUESTS.labels(
-                self.name, answer.x_cache or "ERROR"
-            )
-        counter.inc()
-        return build_response(answer, coalescer.clock())
-
-    module.CoalescedEndpoint.view = view  # type: ignore[method-assign]
 
 
 def backoff(seconds: float = 1.0) -> None:
@@ -212,8 +152,6 @@ PATCHES: dict[str, Callable[[], None]] = {
     "trace": trace,
     "eager": eager,
     "threadfetch": threadfetch,
-    "dbpool": dbpool,
-    "fasthits": fasthits,
     "backoff": backoff,
 }
 

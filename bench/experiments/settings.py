@@ -1,6 +1,6 @@
 """Our server with the experimental patches named in ``BENCH_PATCHES`` applied.
 
-``BENCH_PATCHES=dbpool,fasthits,backoff`` (see :mod:`bench.experiments.patches`).
+``BENCH_PATCHES=eager,backoff`` (see :mod:`bench.experiments.patches`).
 Used by ``python -m bench.profile ... --settings bench.experiments.settings``
 to measure a proposed change of ``coalescing`` before anyone makes it.
 """
