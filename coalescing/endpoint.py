@@ -148,7 +148,10 @@ class CoalescedEndpoint(Generic[P]):
         made under other settings (another policy) is made again.
         """
         # Set on first use: a subclass's __init__ need not call ours.
-        return self.__dict__.setdefault("_lookup_cache", {})
+        lookups = self.__dict__.get("_lookup_cache")
+        if lookups is None:
+            lookups = self.__dict__.setdefault("_lookup_cache", {})
+        return lookups
 
     def _remember(self, raw: str, lk: Lookup) -> None:
         if len(raw) > MAX_REMEMBERED_QUERY:

@@ -120,8 +120,7 @@ class DatabaseTier(Tier):
             self._pending[entry.key_hash] = (
                 entry if old is None or old.fetched_at <= entry.fetched_at else old
             )
-            while len(self._pending) > self.max_pending:  # the oldest write goes first
-                del self._pending[next(iter(self._pending))]
+            self._trim_pending()
         self._ensure_writer()
         self._wakeup.set()
 
@@ -210,9 +209,13 @@ class DatabaseTier(Tier):
                         newer = self._pending.get(key_hash)
                         if newer is None or newer.fetched_at < entry.fetched_at:
                             self._pending[key_hash] = entry
-                    while len(self._pending) > self.max_pending:
-                        del self._pending[next(iter(self._pending))]
+                    self._trim_pending()
                 raise
+
+    def _trim_pending(self) -> None:
+        """Keep ``max_pending`` buffered writes, the oldest dropped first (under _pending_lock)."""
+        while len(self._pending) > self.max_pending:
+            del self._pending[next(iter(self._pending))]
 
     @contextmanager
     def _bounded(self, seconds: float, op: str) -> Iterator[None]:
