@@ -1,15 +1,8 @@
 #!/usr/bin/env python
-"""Django's command-line utility, with gevent patched first for ``serve``."""
+"""Django's command-line utility of the example project."""
 
 import os
 import sys
-
-if len(sys.argv) > 1 and sys.argv[1] == "serve":
-    # Before anything else is imported: sockets, threads and time must be
-    # cooperative everywhere, Django's and the database drivers' included.
-    from gevent import monkey
-
-    monkey.patch_all()
 
 
 def main() -> None:

@@ -35,6 +35,9 @@ INT_SETTINGS: dict[str, tuple[int, int]] = {
 }
 STR_SETTINGS: dict[str, str] = {
     "REDIS_URL": "",
+    # A ``CACHES`` alias configured with django-redis: the site's own Redis
+    # set-up (Sentinel, TLS, pool options) is used as it is. Wins over REDIS_URL.
+    "REDIS_CACHE": "",
     # The database alias of the persistent tier.
     "DATABASE_ALIAS": "default",
     # Prefix of every Redis key and channel: several sites can share a Redis.
@@ -54,8 +57,13 @@ class CoalescingSettings:
     upstream_max_concurrency: int
     database_timeout_ms: int
     redis_url: str
+    redis_cache: str
     database_alias: str
     redis_prefix: str
+
+    @property
+    def redis_enabled(self) -> bool:
+        return bool(self.redis_cache or self.redis_url)
 
     @property
     def upstream_timeout(self) -> float:
@@ -108,7 +116,7 @@ def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     """
     values: dict[str, Any] = {
         name: environ[name]
-        for name in (*INT_SETTINGS, "REDIS_URL", "REDIS_PREFIX")
+        for name in (*INT_SETTINGS, "REDIS_URL", "REDIS_CACHE", "REDIS_PREFIX")
         if environ.get(name, "") != ""
     }
     build(values)

@@ -38,7 +38,12 @@ def _build() -> Coalescer:
 
     conf = get_settings()
     memory = MemoryTier(conf.memory_cache_max_bytes)
-    redis_tier = _redis_tier(conf) if conf.redis_url else None
+    redis_tier = listener = None
+    if conf.redis_enabled:
+        from .tiers.redis import RedisTier
+
+        client, listener = _redis_clients(conf)
+        redis_tier = RedisTier(client, prefix=conf.redis_prefix)
     lower = [
         t
         for t in (
@@ -56,7 +61,7 @@ def _build() -> Coalescer:
         max_concurrency=conf.upstream_max_concurrency,
     )
     if redis_tier is not None:
-        coalescer.distributed = _distributed(conf, coalescer, redis_tier)
+        coalescer.distributed = _distributed(conf, coalescer, redis_tier, listener)
     return coalescer
 
 
@@ -75,20 +80,33 @@ def _redis_client(url: str, socket_timeout: float | None) -> Any:
     return redis.Redis(connection_pool=pool)
 
 
-def _redis_tier(conf: CoalescingSettings) -> Any:
-    from .tiers.redis import RedisTier
+def _redis_clients(conf: CoalescingSettings) -> tuple[Any, Any]:
+    """The client for commands, and one for pub/sub (whose reads block: no socket timeout).
 
-    return RedisTier(_redis_client(conf.redis_url, 0.5), prefix=conf.redis_prefix)
+    With ``REDIS_CACHE`` the commands go through the django-redis cache's own
+    client and pool, as the site configured them; the pub/sub connection is
+    made with the same connection options.
+    """
+    if not conf.redis_cache:
+        return _redis_client(conf.redis_url, 0.5), _redis_client(conf.redis_url, None)
+    import redis
+    from django_redis import get_redis_connection
+
+    client = get_redis_connection(conf.redis_cache)
+    pool = client.connection_pool
+    options = {**pool.connection_kwargs, "socket_timeout": None}
+    listener_pool = redis.ConnectionPool(connection_class=pool.connection_class, **options)
+    return client, redis.Redis(connection_pool=listener_pool)
 
 
-def _distributed(conf: CoalescingSettings, coalescer: Coalescer, tier: Any) -> Any:
+def _distributed(conf: CoalescingSettings, coalescer: Coalescer, tier: Any, listener: Any) -> Any:
     from .distributed import DistributedFlight
     from .lease import Leases, Notifier
 
     memory = coalescer.memory
     notifier = Notifier(
         tier.client,
-        _redis_client(conf.redis_url, None),  # pub/sub blocks in reads: no socket timeout
+        listener,
         channel=f"{conf.redis_prefix}:events",
         on_evict=lambda key_hash, name: memory.delete(key_hash),
     )

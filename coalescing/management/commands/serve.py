@@ -1,14 +1,47 @@
 """``manage.py serve``: one gevent process, stopped gracefully on SIGTERM or Ctrl-C.
 
-``manage.py`` monkey-patches with gevent before anything else is imported when
-its command is ``serve``; this command refuses to run unpatched.
+gevent must patch sockets, threads and time before Django or any driver is
+imported, and by the time a command runs Django is. So, unpatched, the
+command starts its own command line again in a fresh interpreter that
+patches first (:data:`PATCH_FIRST`): any project's ``manage.py`` (or
+``django-admin``) serves with no line added to it.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+#: Marks the interpreter that :data:`PATCH_FIRST` started, so it never loops.
+REEXEC_FLAG = "COALESCING_SERVE_PATCHED"
+#: Patch, then run the original command line as ``python <script> ...`` (or
+#: ``python -m django ...``) would: the script's folder first on ``sys.path``.
+PATCH_FIRST = """\
+from gevent import monkey; monkey.patch_all()
+import os, runpy, sys
+sys.argv = sys.argv[1:]
+script = os.path.abspath(sys.argv[0])
+if os.path.basename(script) == "__main__.py":
+    sys.path[0] = os.getcwd()
+    runpy.run_module(os.path.basename(os.path.dirname(script)), run_name="__main__", alter_sys=True)
+else:
+    sys.path[0] = os.path.dirname(script)
+    runpy.run_path(script, run_name="__main__")
+"""
+
+
+def _reexec_patched() -> None:
+    """Replace this process with one that patches gevent first, same arguments."""
+    script = sys.argv[0]
+    if not os.path.isfile(script):
+        raise CommandError(f"serve cannot restart {script!r} under gevent: not a script file")
+    os.environ[REEXEC_FLAG] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-c", PATCH_FIRST, *sys.argv])
 
 
 class Command(BaseCommand):
@@ -46,10 +79,10 @@ class Command(BaseCommand):
         from gevent import monkey
 
         if not monkey.is_module_patched("socket"):
-            raise CommandError(
-                "serve needs gevent's monkey-patching before Django starts: "
-                "run it as `python manage.py serve` (manage.py patches first)"
-            )
+            if os.environ.get(REEXEC_FLAG):
+                raise CommandError("serve could not patch with gevent before Django started")
+            _reexec_patched()
+        os.environ.pop(REEXEC_FLAG, None)  # not inherited by anything this process starts
         if not 0 < port < 65536:
             raise CommandError(f"--port must be between 1 and 65535, got {port}")
         if idle_timeout is not None and not idle_timeout > 0:
