@@ -28,7 +28,7 @@ from .protection import (
     UpstreamHeldBack,
     UpstreamOverloaded,
 )
-from .singleflight import FlightTimeout, SingleFlight
+from .singleflight import Flight, FlightTimeout, SingleFlight
 from .tiers.base import Tier
 from .upstream import (
     UpstreamBadBody,
@@ -143,27 +143,59 @@ class Coalescer:
     # -- the caller's side ----------------------------------------------------
 
     def get(self, lk: Lookup) -> Answer:
-        entry = self.memory.get(lk.key_hash)
-        if entry is not None:
-            state = lk.policy.state(entry, self.clock())
-            if state is State.FRESH:
-                metrics.labelled(metrics.TIER_HITS, lk.endpoint, "memory").inc()
-                return Answer(entry, "HIT", "memory", None, lk.policy)
-            if state is State.STALE:
-                metrics.labelled(metrics.TIER_HITS, lk.endpoint, "memory").inc()
-                self.refresh(lk)
-                return self._answer(lk, entry, "STALE", "memory")
-            if state is State.DEAD:
-                self.memory.delete(lk.key_hash)
-        flight, started = self.flights.start(lk.key_hash, lambda: self._load(lk, ACCEPT_STALE))
-        if not started:
-            metrics.COALESCED.labels(lk.endpoint).inc()
+        """The answer for ``lk``, waiting (bounded) on the call if one is needed."""
+        answer = self._from_memory(lk)
+        if answer is not None:
+            return answer
+        flight, started = self._join(lk)
         try:
             outcome = flight.result(self.upstream_timeout + WAIT_MARGIN_S)
         except FlightTimeout:
-            metrics.WAIT_TIMEOUTS.labels(lk.endpoint).inc()
-            return self._give_up(lk)
+            return self._timed_out(lk)
         return self._from_outcome(lk, outcome, started)
+
+    async def aget(self, lk: Lookup) -> Answer:
+        """:meth:`get` for an event loop: a hit never leaves it, a waiter holds no thread.
+
+        The flight runs in a thread of its own as for :meth:`get` (the same
+        tiers, lease and upstream call); only the wait is different.
+        """
+        answer = self._from_memory(lk)
+        if answer is not None:
+            return answer
+        flight, started = self._join(lk)
+        try:
+            outcome = await flight.aresult(self.upstream_timeout + WAIT_MARGIN_S)
+        except FlightTimeout:
+            return self._timed_out(lk)
+        return self._from_outcome(lk, outcome, started)
+
+    def _from_memory(self, lk: Lookup) -> Answer | None:
+        """The hit path: the memory tier's answer, or ``None`` when a flight must run."""
+        entry = self.memory.get(lk.key_hash)
+        if entry is None:
+            return None
+        state = lk.policy.state(entry, self.clock())
+        if state is State.FRESH:
+            metrics.labelled(metrics.TIER_HITS, lk.endpoint, "memory").inc()
+            return Answer(entry, "HIT", "memory", None, lk.policy)
+        if state is State.STALE:
+            metrics.labelled(metrics.TIER_HITS, lk.endpoint, "memory").inc()
+            self.refresh(lk)
+            return self._answer(lk, entry, "STALE", "memory")
+        if state is State.DEAD:
+            self.memory.delete(lk.key_hash)
+        return None
+
+    def _join(self, lk: Lookup) -> tuple[Flight[Outcome], bool]:
+        flight, started = self.flights.start(lk.key_hash, lambda: self._load(lk, ACCEPT_STALE))
+        if not started:
+            metrics.COALESCED.labels(lk.endpoint).inc()
+        return flight, started
+
+    def _timed_out(self, lk: Lookup) -> Answer:
+        metrics.WAIT_TIMEOUTS.labels(lk.endpoint).inc()
+        return self._give_up(lk)
 
     def refresh(self, lk: Lookup) -> bool:
         """Start one background refresh of ``lk`` unless a call for it is in flight."""

@@ -5,9 +5,27 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+from django.conf import settings
+from django.core.exceptions import TooManyFieldsSent
+from django.http import HttpRequest
+
 from .errors import BadRequest
 
 QueryLists = Mapping[str, Sequence[str]]
+
+
+def query_lists(request: HttpRequest) -> QueryLists:
+    """The request's query parameters, each name with its values, or a 400.
+
+    Django refuses a query of more than ``DATA_UPLOAD_MAX_NUMBER_FIELDS``
+    parameters with an exception that would otherwise become a 500 or an
+    HTML page; here it is a client error like any other.
+    """
+    try:
+        return dict(request.GET.lists())
+    except TooManyFieldsSent:
+        limit = getattr(settings, "DATA_UPLOAD_MAX_NUMBER_FIELDS", None)
+        raise BadRequest(f"too many query parameters (at most {limit})") from None
 
 
 def single(query: QueryLists, name: str, pattern: re.Pattern[str], *, required: bool) -> str | None:

@@ -6,12 +6,17 @@ The call runs in a thread of its own (a greenlet once gevent has patched
 not cancel the call for the others. Every waiter gets the call's value, or the
 call's exception raised again. Waits are bounded by the caller's timeout.
 
+A waiter blocks its thread (:meth:`Flight.result`: a greenlet under gevent)
+or awaits on an event loop (:meth:`Flight.aresult`: under ASGI, holding no
+thread); the call itself runs the same way for both.
+
 This module imports nothing from Django on purpose: it is the part worth
 testing alone, with many greenlets and with real threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
@@ -23,23 +28,73 @@ class FlightTimeout(Exception):
     """A waiter gave up before the call finished; the call goes on."""
 
 
+#: Guards every flight's callbacks: held only to append to or take the list.
+_callbacks_lock = threading.Lock()
+
+
 class Flight(Generic[T]):
     """One call in progress. Written by its runner only, read after ``done``."""
 
-    __slots__ = ("done", "value", "error", "waiters")
+    __slots__ = ("_callbacks", "done", "error", "value")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.value: T | None = None
         self.error: BaseException | None = None
-        self.waiters = 0  # callers that joined after the first; guarded by SingleFlight._lock
+        #: Run once the call has ended; ``None`` from then on.
+        self._callbacks: list[Callable[[], None]] | None = []
 
     def result(self, timeout: float | None) -> T:
         if not self.done.wait(timeout):
             raise FlightTimeout(f"no result after {timeout:.3f}s")
+        return self._result()
+
+    async def aresult(self, timeout: float | None) -> T:
+        """:meth:`result` for a coroutine: the event loop is woken when the call ends."""
+        if not self.done.is_set():
+            loop = asyncio.get_running_loop()
+            woken = loop.create_future()
+
+            def wake() -> None:  # in the call's thread
+                try:
+                    loop.call_soon_threadsafe(_settle, woken)
+                except RuntimeError:
+                    pass  # the loop has closed: nobody is waiting any more
+
+            self.add_done_callback(wake)
+            try:
+                await asyncio.wait_for(woken, timeout)
+            except TimeoutError:
+                raise FlightTimeout(f"no result after {timeout:.3f}s") from None
+        return self._result()
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` when the call ends (in the call's thread), or now if it has."""
+        with _callbacks_lock:
+            if self._callbacks is not None:
+                self._callbacks.append(fn)
+                return
+        fn()
+
+    def _result(self) -> T:
         if self.error is not None:
             raise self.error
         return self.value  # type: ignore[return-value]
+
+    def _set_done(self) -> None:
+        with _callbacks_lock:
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, None
+        for fn in callbacks or ():
+            try:
+                fn()
+            except Exception:  # one waiter's trouble must not keep the others asleep
+                pass
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a waiter that timed out has cancelled it
+        future.set_result(None)
 
 
 def _spawn_thread(target: Callable[[], None]) -> None:
@@ -49,7 +104,7 @@ def _spawn_thread(target: Callable[[], None]) -> None:
 class SingleFlight(Generic[T]):
     def __init__(self, spawn: Callable[[Callable[[], None]], Any] = _spawn_thread) -> None:
         self._spawn = spawn
-        self._lock = threading.Lock()  # guards _flights and Flight.waiters
+        self._lock = threading.Lock()  # guards _flights
         self._flights: dict[Hashable, Flight[T]] = {}
 
     def start(self, key: Hashable, fn: Callable[[], T]) -> tuple[Flight[T], bool]:
@@ -61,7 +116,6 @@ class SingleFlight(Generic[T]):
         with self._lock:
             flight = self._flights.get(key)
             if flight is not None:
-                flight.waiters += 1
                 return flight, False
             flight = self._flights[key] = Flight()
         try:
@@ -101,4 +155,4 @@ class SingleFlight(Generic[T]):
         with self._lock:
             if self._flights.get(key) is flight:
                 del self._flights[key]
-        flight.done.set()
+        flight._set_done()
