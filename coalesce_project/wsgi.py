@@ -1,8 +1,8 @@
-"""WSGI entry point: ``gunicorn -k gevent -w N coalesce_project.wsgi``."""
+"""WSGI entry point: ``gunicorn -k gevent -w N coalesce_project.wsgi`` (and ``manage.py serve``)."""
 
 import os
 
-from django.core.wsgi import get_wsgi_application
+from coalescing.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coalesce_project.settings")
 

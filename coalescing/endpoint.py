@@ -20,12 +20,12 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from django.http import HttpRequest, HttpResponse
 
-from . import metrics, registry
-from .coalescer import Lookup
+from . import asgi, metrics, registry
+from .coalescer import Answer, Lookup
 from .conf import get_settings
 from .entry import Entry, Policy, make_key
 from .errors import BadRequest
-from .params import QueryLists
+from .params import QueryLists, query_lists
 from .responses import build_response, error_response
 from .runtime import get_coalescer
 from .upstream import UpstreamRequest
@@ -125,18 +125,36 @@ class CoalescedEndpoint(Generic[P]):
         return self.lookup(self.parse(query))
 
     def view(self, request: HttpRequest) -> HttpResponse:
+        """The sync view (WSGI, gevent): waits for a miss in its own greenlet or thread."""
+        lk = self._request_lookup(request)
+        if isinstance(lk, HttpResponse):
+            return lk
+        coalescer = get_coalescer()
+        return self._respond(request, coalescer.get(lk), coalescer.clock())
+
+    async def aview(self, request: HttpRequest) -> HttpResponse:
+        """The async view (ASGI): the same read path; a waiter holds no thread."""
+        lk = self._request_lookup(request)
+        if isinstance(lk, HttpResponse):
+            return lk
+        coalescer = get_coalescer()
+        return self._respond(request, await coalescer.aget(lk), coalescer.clock())
+
+    def _request_lookup(self, request: HttpRequest) -> Lookup | HttpResponse:
+        """The lookup of the request's query (remembered), or the 400 it deserves."""
         raw = request.META.get("QUERY_STRING", "")
         lk = self._lookups.get(raw)
         if lk is None or lk.policy is not self.policy():
             try:
-                lk = self.lookup_query(dict(request.GET.lists()))
+                lk = self.lookup_query(query_lists(request))
             except BadRequest as exc:
                 return error_response(400, exc.detail)
             self._remember(raw, lk)
-        coalescer = get_coalescer()
-        answer = coalescer.get(lk)
+        return lk
+
+    def _respond(self, request: HttpRequest, answer: Answer, now: float) -> HttpResponse:
         metrics.labelled(metrics.REQUESTS, self.name, answer.x_cache or "ERROR").inc()
-        return build_response(answer, coalescer.clock())
+        return build_response(answer, now)
 
     @property
     def _lookups(self) -> dict[str, Lookup]:
@@ -166,15 +184,24 @@ class CoalescedEndpoint(Generic[P]):
     def register(cls, router: Any, path: str | None = None, **operation: Any) -> None:
         """Serve this endpoint on a django-ninja ``NinjaAPI`` or ``Router``: one line."""
         endpoint = cls()
+        if asgi.async_views():
 
-        def view(request: HttpRequest) -> HttpResponse:
-            return endpoint.view(request)
+            async def view(request: HttpRequest) -> HttpResponse:
+                return await endpoint.aview(request)
+
+        else:
+
+            def view(request: HttpRequest) -> HttpResponse:
+                return endpoint.view(request)
 
         view.__name__ = f"{cls.name}_view"
         target = getattr(router, "default_router", router)
         operation.setdefault("summary", cls.summary or cls.__doc__ or cls.name)
         operation.setdefault("operation_id", cls.name)
         operation.setdefault("openapi_extra", {"parameters": cls.openapi_parameters})
+        # The url name tells the front layer (coalescing.front) which routes are ours.
+        url_name = operation.setdefault("url_name", f"coalesced_{cls.name}")
+        registry.serve(url_name, endpoint)
         target.add_api_operation(path or cls.path, ["GET"], view, **operation)
 
 

@@ -43,3 +43,16 @@ def get(name: str) -> type[CoalescedEndpoint]:
 
 def names() -> list[str]:
     return sorted(_endpoints)
+
+
+#: The endpoint instance serving each route ``register`` made, by its url name.
+_served: dict[str, CoalescedEndpoint] = {}
+
+
+def serve(url_name: str, endpoint: CoalescedEndpoint) -> None:
+    _served[url_name] = endpoint
+
+
+def served(url_name: str) -> CoalescedEndpoint | None:
+    """The endpoint serving the route named ``url_name``, if ``register`` made it."""
+    return _served.get(url_name)

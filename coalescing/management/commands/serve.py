@@ -87,12 +87,14 @@ class Command(BaseCommand):
             raise CommandError(f"--port must be between 1 and 65535, got {port}")
         if idle_timeout is not None and not idle_timeout > 0:
             raise CommandError(f"--idle-timeout must be above 0 seconds, got {idle_timeout}")
-        from django.core.wsgi import get_wsgi_application
+        # The project's own WSGI_APPLICATION, as runserver does (its wsgi.py
+        # decides whether coalescing.wsgi answers the endpoints in front).
+        from django.core.servers.basehttp import get_internal_wsgi_application
 
         from coalescing import server
         from coalescing.runtime import get_coalescer
 
-        application = server.with_content_length(get_wsgi_application())
+        application = server.with_content_length(get_internal_wsgi_application())
         try:
             # A pool of handler greenlets (unbounded): gevent's stop() waits only
             # for handlers in a pool, so without one SIGTERM cut requests off.
