@@ -11,6 +11,7 @@ loaded, after this module said so).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -58,26 +59,27 @@ class CoalescingASGIHandler:
             request = ASGIRequest(scope, io.BytesIO())
             has_body = _has_body(scope)
             url_name = self.front.route(request.path_info)
+            learner = None
             if url_name and not has_body and not self.front.learned(url_name):
                 learner = self._learning_routes.get(url_name)
                 if learner is None:
                     await self._learn(url_name, request.path_info, scope, receive, send)
                     return
-                # A cold stampede on a new route: wait for the first answer's
-                # headers here, holding no thread, rather than in Django.
-                try:
-                    await asyncio.wait_for(learner.wait(), LEARN_WAIT_S)
-                except TimeoutError:
-                    pass
-            endpoint = self.front.endpoint(request, has_body)
+            # A cold stampede on a new route joins the flight here, holding no
+            # thread, and waits for the first full answer's headers to send.
+            endpoint = self.front.endpoint(request, has_body, learned_only=learner is None)
             if endpoint is not None:
                 try:
                     response = await endpoint.aview(request)
+                    if learner is not None:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(learner.wait(), LEARN_WAIT_S)
                 except Exception:
                     log.exception("coalescing: the front layer failed; Django answers")
                 else:
-                    await _send_response(self.front.finish(request, response), send)
-                    return
+                    if self.front.learned(url_name):
+                        await _send_response(self.front.finish(request, response), send)
+                        return
         await self.django_app(scope, receive, send)
 
     async def _learn(

@@ -106,12 +106,18 @@ class Front:
     def learned(self, url_name: str) -> bool:
         return url_name in self._learned
 
-    def endpoint(self, request: HttpRequest, has_body: bool) -> CoalescedEndpoint | None:
-        """The endpoint that answers ``request`` here, or ``None``: Django answers it."""
+    def endpoint(
+        self, request: HttpRequest, has_body: bool, *, learned_only: bool = True
+    ) -> CoalescedEndpoint | None:
+        """The endpoint that answers ``request`` here, or ``None``: Django answers it.
+
+        ``learned_only=False`` also gives the endpoint of a route whose first
+        full answer has not been seen yet (the caller waits for it).
+        """
         if request.method not in ("GET", "HEAD") or has_body:
             return None
         url_name = self.route(request.path_info)
-        if not url_name or url_name not in self._learned:
+        if not url_name or (learned_only and url_name not in self._learned):
             return None
         try:
             request.get_host()
