@@ -1,9 +1,12 @@
 # The two commands of a fresh machine: `make run` and `make test`.
+# `make run PORT=9000 HOST=0.0.0.0`; `make test PYTHON=python3.13 VENV=.venv-313
+# DJANGO='Django>=6.1,<7'` runs the suite on another Python and Django (.ci/run).
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8787
+DJANGO ?=
 
 .PHONY: run test lint format bench
 
@@ -11,12 +14,13 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# The example project needs the `example` extra (dj-database-url) beside the app.
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[example]' $(if $(DJANGO),'$(DJANGO)')
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' $(if $(DJANGO),'$(DJANGO)')
 	touch $@
 
 run: $(VENV)/.installed
