@@ -43,17 +43,25 @@ def manage(*args: str, env: Mapping[str, str], timeout: float = 120) -> subproce
 
 
 class Server:
-    """A server process; ``url`` is where it answers."""
+    """A server process, started with exactly ``env``; ``url`` is where it answers."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], port: int) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        port: int,
+        cwd: Path = ROOT,
+        ready_path: str = "/metrics",
+    ) -> None:
         self.port = port
+        self.ready_path = ready_path
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"coalescing-server-{port}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             args,
-            cwd=ROOT,
-            env=server_env(env),
+            cwd=cwd,
+            env=dict(env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -66,7 +74,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                requests.get(self.url + "/metrics", timeout=1)
+                requests.get(self.url + self.ready_path, timeout=1)
                 return
             except requests.RequestException:
                 time.sleep(0.1)
@@ -103,7 +111,8 @@ class Server:
 
 def serve(env: Mapping[str, str], port: int | None = None, *extra: str) -> Server:
     port = port or free_port()
-    return Server([PYTHON, "manage.py", "serve", "--port", str(port), *extra], env, port)
+    args = [PYTHON, "manage.py", "serve", "--port", str(port), *extra]
+    return Server(args, server_env(env), port)
 
 
 def gunicorn(env: Mapping[str, str], workers: int = 3, port: int | None = None) -> Server:
@@ -122,7 +131,14 @@ def gunicorn(env: Mapping[str, str], workers: int = 3, port: int | None = None) 
         "10",
         "coalesce_project.wsgi",
     ]
-    return Server(args, env, port)
+    return Server(args, server_env(env), port)
+
+
+def uvicorn(env: Mapping[str, str], port: int | None = None, *extra: str) -> Server:
+    """The example project under uvicorn (one process), as the README serves it."""
+    port = port or free_port()
+    args = [PYTHON, "-m", "uvicorn", "coalesce_project.asgi:application", "--port", str(port)]
+    return Server([*args, "--log-level", "warning", *extra], server_env(env), port)
 
 
 def parse_cache_status(value: str) -> dict[str, str | bool]:

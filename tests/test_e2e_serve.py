@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.servers import manage, parse_cache_status, serve
+from tests.servers import manage, parse_cache_status, serve, server_env
 
 pytestmark = pytest.mark.e2e
 
@@ -263,7 +263,9 @@ def test_django_runserver_threads_coalesce_too(upstream, sqlite_url):
     import sys
 
     srv = Server(
-        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"], env, port
+        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        server_env(env),
+        port,
     )
     try:
         upstream.delay = 0.5
