@@ -196,8 +196,12 @@ class CacheEntryAdmin(admin.ModelAdmin):
         # The list's actions need "change"; an entry's page is read-only.
         return obj is None and super().has_change_permission(request)
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        # ``action_location`` is Django 6.1's (where the actions are shown); 5.2 has none.
+        if action_location is None:
+            actions = super().get_actions(request)
+        else:
+            actions = super().get_actions(request, action_location=action_location)
         actions.pop("delete_selected", None)  # it would skip the memory tiers
         return actions
 
