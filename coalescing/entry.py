@@ -8,12 +8,24 @@ import hashlib
 import math
 
 #: A fixed cost per entry on top of its bytes and strings: the Entry object,
-#: the headers of its bytes and str objects, the LRU's node. Measured with
-#: tracemalloc (about 430 bytes on CPython 3.11), so that the memory budget
-#: bounds what the process really holds, for tiny entries too.
-ENTRY_OVERHEAD_BYTES = 450
+#: the headers of its bytes and str objects (the ETag's included), the LRU's
+#: node. Measured with tracemalloc (about 480 bytes on CPython 3.11), so that
+#: the memory budget bounds what the process really holds, for tiny entries too.
+ENTRY_OVERHEAD_BYTES = 510
 #: A cache key longer than this is a bug in the endpoint, not user input.
 MAX_KEY_LENGTH = 8192
+
+
+def body_etag(status: int, body: bytes) -> str:
+    """A strong ``ETag`` of a stored answer: a digest of its status and bytes.
+
+    Derived from what every tier stores, so every process and tier gives the
+    same tag for the same answer, and a restart keeps it. The status is in
+    the digest so that a 200 whose bytes happen to equal a cached 404's body
+    never validates the 404 a client kept.
+    """
+    digest = hashlib.blake2b(body, digest_size=16, person=b"coalescing-%d" % status)
+    return f'"{digest.hexdigest()}"'
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -27,11 +39,18 @@ class Entry:
     content_type: str
     fetched_at: float  # epoch seconds when the upstream answered
     upstream_url: str = ""  # the call that produced it: how a refresh repeats it
+    #: The HTTP validator of the answer (:func:`body_etag`). Computed once per
+    #: object, when it is fetched or decoded by a tier, never per hit: the
+    #: memory tier keeps the object. Not stored by any tier (it is derived).
+    etag: str = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "etag", body_etag(self.status, self.body))
 
     @property
     def size(self) -> int:
         text = len(self.key) + len(self.key_hash) + len(self.name) + len(self.upstream_url)
-        return len(self.body) + text + ENTRY_OVERHEAD_BYTES
+        return len(self.body) + text + len(self.etag) + ENTRY_OVERHEAD_BYTES
 
     @property
     def negative(self) -> bool:
