@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
@@ -41,3 +43,55 @@ def test_good_values_and_defaults():
 def test_unknown_keys_in_the_setting_are_refused():
     with pytest.raises(ImproperlyConfigured, match="UNKNOWN"):
         build({"UNKNOWN": 1})
+
+
+def test_redis_cache_must_name_a_django_redis_cache(settings):
+    from coalescing.apps import _check_redis_cache
+
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "shared": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://x"},
+    }
+    _check_redis_cache("shared")
+    with pytest.raises(ImproperlyConfigured, match=r"REDIS_CACHE.*'nowhere'.*default, shared"):
+        _check_redis_cache("nowhere")
+    with pytest.raises(ImproperlyConfigured, match=r"REDIS_CACHE.*LocMemCache"):
+        _check_redis_cache("default")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_redis_named_through_a_django_redis_cache_is_the_redis_tier(settings, redis_url, upstream):
+    from django.test import Client
+
+    from coalescing import runtime
+    from coalescing.tiers.redis import RedisTier
+
+    settings.PRODUCT_API_BASE = upstream.url
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "shared": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": redis_url,
+            "OPTIONS": {"CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool"},
+        },
+    }
+    settings.COALESCING = {
+        "REDIS_CACHE": "shared",
+        "REDIS_PREFIX": f"cache-alias-{uuid.uuid4().hex}",
+    }
+    runtime.reset()
+    try:
+        coalescer = runtime.get_coalescer()
+        tier = coalescer.guard("redis").tier
+        assert isinstance(tier, RedisTier)
+        from django_redis import get_redis_connection
+
+        assert tier.client.connection_pool is get_redis_connection("shared").connection_pool
+        assert Client().get("/products", {"productId": "ALIAS"}).status_code == 200
+        coalescer.flush()
+        coalescer.memory.clear()
+        again = Client().get("/products", {"productId": "ALIAS"})
+        assert again.headers["Cache-Status"].endswith("detail=redis")
+        assert upstream.count == 1
+    finally:
+        runtime.reset()
