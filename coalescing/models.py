@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from django.db import connections, models
 from django.db.models import Q
@@ -209,47 +210,177 @@ class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # ty
         In batches, so memory stays bounded on millions of rows: select up to
         ``batch_size`` primary keys in fetch-time order (the age index), delete
         those that are still dead (a row refreshed meanwhile is kept), repeat.
+        Each batch is deleted in short transactions (:func:`delete_in_short_transactions`)
+        so that the write lock is never held for long: a server writing to the
+        same SQLite file waits milliseconds, not seconds. On SQLite the freed
+        pages are given back to the file system afterwards.
         ``progress(batch_rows, total_so_far)`` is called after each batch.
         ``endpoint`` unknown: ``KeyError`` naming the known ones.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be 1 to {MAX_BATCH_SIZE}, got {batch_size}")
         alias = using or get_settings().database_alias
         at = now_ms() if now is None else now
         dead = self.using(alias).dead(endpoint=endpoint, now=at)
         total = 0
         for batch in _key_batches(dead, batch_size):
-            if dry_run:
-                count = len(batch)
-            else:
-                count, _ = dead.filter(key_hash__in=batch).delete()
+            count = len(batch) if dry_run else delete_in_short_transactions(dead, batch)
             total += count
             if progress is not None:
                 progress(count, total)
+        if total and not dry_run:
+            give_space_back(alias)
         return total
 
+    def storage_bytes(self, using: str = "default") -> int:
+        """What the persistent tier takes on disk, as the size bound counts it.
 
-def _key_batches(rows: models.QuerySet, size: int) -> Iterator[list[str]]:
-    """Primary keys of ``rows`` in batches, oldest first, by keyset pagination.
+        SQLite: the pages of the file in use (the free pages are given back by
+        :func:`give_space_back`). PostgreSQL: the table with its indexes and
+        TOAST (space freed by a delete is reused, not returned: see
+        :meth:`evict_oldest`'s caller).
+        """
+        connection = connections[using]
+        with connection.cursor() as cursor:
+            if connection.vendor == "sqlite":
+                cursor.execute("PRAGMA page_count")
+                pages = cursor.fetchone()[0]
+                cursor.execute("PRAGMA freelist_count")
+                free = cursor.fetchone()[0]
+                cursor.execute("PRAGMA page_size")
+                return (pages - free) * cursor.fetchone()[0]
+            if connection.vendor == "postgresql":
+                cursor.execute("SELECT pg_total_relation_size(%s)", [self.model._meta.db_table])
+                return int(cursor.fetchone()[0] or 0)
+        return 0
+
+    def evict_oldest(self, free_bytes: int, using: str = "default") -> tuple[int, int]:
+        """Delete the oldest rows until about ``free_bytes`` are freed: (rows, bytes).
+
+        Oldest by fetch time (the age index), in short transactions; a row's
+        cost is its body plus :data:`ROW_OVERHEAD_BYTES`.
+        """
+        rows = freed = 0
+        everything = self.using(using).all()
+        for batch in _key_batches(everything, EVICT_PAGE, with_size=True):
+            keys: list[str] = []
+            for key_hash, size in batch:
+                keys.append(key_hash)
+                freed += size + ROW_OVERHEAD_BYTES
+                if freed >= free_bytes:
+                    break
+            rows += delete_in_short_transactions(everything, keys)
+            if freed >= free_bytes:
+                break
+        return rows, freed
+
+
+#: The largest ``--batch-size``: a page of keys is held in memory, and the
+#: databases refuse a LIMIT past a 64-bit integer (that was an IntegrityError).
+MAX_BATCH_SIZE = 1_000_000
+#: Rows per delete statement, and how long one may hold the write lock
+#: before the next is made smaller.
+DELETE_CHUNK = 500
+DELETE_CHUNK_MIN = 20
+DELETE_LOCK_BUDGET_S = 0.05
+#: What a row costs on disk beyond its body: key, key hash twice (table and
+#: primary key index), URL, the age indexes, the record header.
+ROW_OVERHEAD_BYTES = 400
+EVICT_PAGE = 500
+#: Pages freed per ``PRAGMA incremental_vacuum`` step (each a short write).
+VACUUM_STEP_PAGES = 512
+
+
+def delete_in_short_transactions(rows: models.QuerySet, keys: list[str]) -> int:
+    """Delete the rows of ``rows`` whose key is in ``keys``, a few hundred at a time.
+
+    Each delete is one statement in its own transaction: on
+    SQLite it holds the file's write lock only while it runs. A delete that
+    took longer than :data:`DELETE_LOCK_BUDGET_S` makes the next one
+    smaller, and after each one the lock is left free for at least as long
+    as it was held, so that other writers get in between.
+    """
+    total, start, chunk = 0, 0, DELETE_CHUNK
+    while start < len(keys):
+        part = keys[start : start + chunk]
+        began = time.monotonic()
+        # One DELETE statement in a transaction of its own (CacheEntry has no
+        # relations and no delete signals: Django deletes it in one statement).
+        total += rows.filter(key_hash__in=part).delete()[0]
+        held = time.monotonic() - began
+        start += len(part)
+        if held > DELETE_LOCK_BUDGET_S:
+            chunk = max(DELETE_CHUNK_MIN, chunk // 2)
+        elif held < DELETE_LOCK_BUDGET_S / 4:
+            chunk = min(DELETE_CHUNK, chunk * 2)
+        if start < len(keys):
+            time.sleep(min(held, 0.5))
+    return total
+
+
+def give_space_back(using: str) -> int:
+    """On SQLite, return free pages to the file system, a few at a time; pages freed.
+
+    Works on a file in ``auto_vacuum = INCREMENTAL`` mode (migration 0002
+    switches an existing file once); on any other file, and on other
+    databases, it does nothing (PostgreSQL reuses the space of deleted rows).
+    """
+    connection = connections[using]
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        return 0
+    freed = 0
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA auto_vacuum")
+        if cursor.fetchone()[0] != 2:  # 2: INCREMENTAL
+            return 0
+        last = None
+        while True:
+            cursor.execute("PRAGMA freelist_count")
+            free = cursor.fetchone()[0]
+            if not free or free == last:  # done, or another writer keeps freeing
+                break
+            if last is not None:
+                freed += last - free
+            last = free
+            # Through sqlite3's executescript: the pragma frees one page per
+            # step, and ``execute`` steps a statement without results only once.
+            connection.connection.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})")
+            time.sleep(0.001)  # let another writer in
+        if last is not None:
+            freed += last - free
+            # In WAL mode the file shrinks at a checkpoint; a passive one waits for nobody.
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    return freed
+
+
+def _key_batches(
+    rows: models.QuerySet, size: int, *, with_size: bool = False
+) -> Iterator[list[Any]]:
+    """Primary keys of ``rows`` in batches, oldest first, by keyset pagination
+    (with ``with_size``: ``(key_hash, size)`` pairs).
 
     Keyset (not offset) pagination: each batch starts after the last key seen,
     so a batch costs the same however far along it is, and a dry run, which
     deletes nothing, still moves on.
     """
     after: tuple[int, str] | None = None
+    columns = ("fetched_at_ms", "key_hash", "size") if with_size else ("fetched_at_ms", "key_hash")
     while True:
         page = rows.order_by("fetched_at_ms", "key_hash")
         if after is not None:
             page = page.filter(
                 Q(fetched_at_ms__gt=after[0]) | Q(fetched_at_ms=after[0], key_hash__gt=after[1])
             )
-        keys = list(page.values_list("fetched_at_ms", "key_hash")[:size])
+        keys = list(page.values_list(*columns)[:size])
         if not keys:
             return
-        yield [key_hash for _, key_hash in keys]
+        if with_size:
+            yield [(key_hash, size_) for _, key_hash, size_ in keys]
+        else:
+            yield [key_hash for _, key_hash in keys]
         if len(keys) < size:
             return
-        after = keys[-1]
+        after = keys[-1][0], keys[-1][1]
 
 
 class CacheEntry(models.Model):
