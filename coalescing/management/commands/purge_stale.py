@@ -37,7 +37,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         dry_run, batch_size = options["dry_run"], options["batch_size"]
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
-            raise CommandError(f"--batch-size must be 1 to {MAX_BATCH_SIZE}, got {batch_size}")
+            raise CommandError(
+                f"--batch-size must be at least 1 and at most {MAX_BATCH_SIZE}, got {batch_size}"
+            )
         endpoint, using = options["endpoint"], options["database"] or get_settings().database_alias
         if endpoint is not None:
             try:
