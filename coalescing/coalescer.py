@@ -95,19 +95,29 @@ class TierGuard:
 
     def __init__(self, tier: Tier) -> None:
         self.tier = tier
-        self.health = Health(tier.name)
+        # One Health per tier: a tier that judges its backend itself (the
+        # database's writer) shares its own with the guard.
+        own = getattr(tier, "health", None)
+        self.health = own if isinstance(own, Health) else Health(tier.name)
 
     def call(self, op: str, fn: Callable[[], Any]) -> Any:
-        # A tier that buffers its writes takes them while it is down: its
-        # writer keeps them until the backend is back (bounded, see the tier).
-        if not self.health.available() and not (op == "set" and self.tier.buffers_writes):
+        if op == "set" and self.tier.buffers_writes:
+            # Only buffered, taken even while the tier is down: its writer keeps
+            # it (bounded, see the tier) and reports its real writes. A buffered
+            # write says nothing of the backend, so it is not counted either way.
+            try:
+                return fn()
+            except Exception as exc:
+                self.health.failed(op, exc)
+                return None
+        if not self.health.available(op):
             return None
         try:
             result = fn()
         except Exception as exc:
             self.health.failed(op, exc)
             return None
-        self.health.succeeded()
+        self.health.succeeded(op)
         return result
 
 

@@ -32,6 +32,9 @@ INT_SETTINGS: dict[str, tuple[int, int]] = {
     # Bound of one read of the persistent tier: a database slower than this
     # is a miss, so that a hung database cannot hold cold requests (gevent).
     "DATABASE_TIMEOUT_MS": (500, 1),
+    # Bound of the persistent tier's size (rows, indexes and free pages);
+    # past it the oldest entries are dropped. 0: no bound.
+    "DATABASE_MAX_BYTES": (1_073_741_824, 0),
 }
 STR_SETTINGS: dict[str, str] = {
     "REDIS_URL": "",
@@ -56,6 +59,7 @@ class CoalescingSettings:
     memory_cache_max_bytes: int
     upstream_max_concurrency: int
     database_timeout_ms: int
+    database_max_bytes: int
     redis_url: str
     redis_cache: str
     database_alias: str

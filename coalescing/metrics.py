@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Metric
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Metric
 
 REQUESTS = Counter("coalescing_requests", "Answers of coalesced endpoints.", ["endpoint", "cache"])
 TIER_HITS = Counter("coalescing_tier_hits", "Entries found per tier.", ["endpoint", "tier"])
@@ -47,6 +47,17 @@ LEASE_TAKEOVERS = Counter(
 )
 WAIT_TIMEOUTS = Counter(
     "coalescing_wait_timeouts", "Waiters that gave up on a call in progress.", ["endpoint"]
+)
+DB_DROPPED = Counter(
+    "coalescing_db_dropped",
+    "Entries the persistent tier did not keep: its write buffer was full (buffer), "
+    "or the oldest rows removed to keep DATABASE_MAX_BYTES (size).",
+    ["reason"],
+)
+DB_BUFFER_BYTES = Gauge(
+    "coalescing_db_buffer_bytes",
+    "Bytes of entries waiting to be written to the database (buffered or being written).",
+    multiprocess_mode="livesum",
 )
 
 

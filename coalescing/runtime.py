@@ -48,7 +48,7 @@ def _build() -> Coalescer:
         t
         for t in (
             redis_tier,
-            DatabaseTier(using=conf.database_alias, timeout=conf.database_timeout_ms / 1000.0),
+            DatabaseTier.from_settings(conf),
         )
         if t is not None
     ]

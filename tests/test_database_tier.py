@@ -183,7 +183,8 @@ def test_an_outage_is_logged_once_and_the_buffer_written_when_it_ends(
         return real_upsert(self, *args, **kwargs)
 
     monkeypatch.setattr(CacheEntryManager, "upsert_many", upsert_many)
-    tier = make_tier(flush_interval=0.01, max_pending=3)
+    # A buffer of three entries' bytes (they are all the same size).
+    tier = make_tier(flush_interval=0.01, max_pending_bytes=3 * entry("out0").size)
     with caplog.at_level("WARNING", logger="coalescing"):
         for i in range(5):  # more than the buffer keeps: the two oldest go
             tier.set(entry(f"out{i}", fetched_at=1000.0 + i))

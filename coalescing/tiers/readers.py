@@ -1,44 +1,111 @@
-"""A few long-lived threads that run the database tier's reads.
+"""A few long-lived OS threads that run the database tier's blocking calls.
 
-Django's connections belong to the thread (a greenlet under gevent) that
-opened them, and every flight runs in a thread of its own: read there, each
-cold miss opened a database connection for one ``SELECT`` and closed it
-again (py-spy under the W6 benchmark: 13 % of the process's CPU in opening
-and closing connections; with PostgreSQL, a server process per miss). The
-readers keep theirs open. The caller waits for its answer with a bound, so a
-database that hangs is a miss under plain threads as under gevent.
+Two reasons for threads of their own:
+
+- Django's connections belong to the thread that opened them, and every
+  flight runs in a thread (a greenlet) of its own: read there, each cold
+  miss opened a database connection for one ``SELECT`` and closed it again
+  (py-spy under the W6 benchmark: 13 % of the process's CPU; with
+  PostgreSQL, a server process per miss). These threads keep theirs open.
+- sqlite3 is C and not cooperative. Under gevent a ``threading.Thread`` is a
+  greenlet, so a slow SQLite call, or its busy wait on another process's
+  write lock, would hold the whole process: every request, hits included.
+  Under gevent these threads are therefore *real* OS threads (gevent's
+  originals of ``_thread``), their job queue is the C ``SimpleQueue``, and
+  a job's end wakes its caller through the caller's hub
+  (``run_callback_threadsafe``), so the caller waits cooperatively.
+
+The caller waits for its answer with a bound, so a database that hangs or
+is locked is a miss (a tier error), never a wait past the bound; the
+thread itself stays blocked until the database lets go (SQLite's busy
+timeout, the bounds the tier sets inside the call).
+
+Code run in these threads must not take gevent's locks or log through
+handlers shared with the hub: the tier runs only the database calls here
+and does its bookkeeping (locks, health, logging) on the caller's side.
 """
 
 from __future__ import annotations
 
+import _queue
 import os
-import queue
+import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class ReadTimeout(Exception):
-    """The read did not end within the caller's bound (it may still end later)."""
+    """The call did not end within the caller's bound (it may still end later)."""
 
 
 class ReadersBusy(Exception):
-    """Too many reads are queued already: the database is not keeping up."""
+    """Too many calls are queued already: the database is not keeping up."""
 
 
-class _Job:
-    __slots__ = ("done", "error", "fn", "result")
+def gevent_patched() -> bool:
+    """Whether gevent has patched threads: then ``threading`` gives greenlets."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
 
-    def __init__(self, fn: Callable[[], Any]) -> None:
+
+def _start_os_thread(target: Callable[[], None], name: str) -> None:
+    """Start ``target`` in a real OS thread, whether or not gevent patched ``threading``."""
+    if gevent_patched():
+        from gevent import monkey
+
+        monkey.get_original("_thread", "start_new_thread")(target, ())
+    else:
+        threading.Thread(target=target, name=name, daemon=True).start()
+
+
+class Job(Generic[T]):
+    """One call handed to a thread; its caller waits on :meth:`wait`."""
+
+    __slots__ = ("_done", "_hub", "done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[], T]) -> None:
         self.fn = fn
-        self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        self.done = False
+        # Made in the caller's thread: a gevent Event under gevent (woken
+        # through the caller's hub), a threading.Event otherwise.
+        self._done = threading.Event()
+        self._hub: Any = None
+        if gevent_patched():
+            import gevent
+
+            self._hub = gevent.get_hub()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Whether the call ended within ``timeout`` seconds (``None``: until it ends)."""
+        return self._done.wait(timeout)
+
+    def outcome(self) -> T:
+        """The call's result, or its exception raised (once it ended)."""
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def _finish(self) -> None:
+        """In the worker thread: tell the caller the call ended."""
+        self.done = True
+        hub = self._hub
+        if hub is None:
+            self._done.set()
+            return
+        try:
+            hub.loop.run_callback_threadsafe(self._done.set)
+        except Exception:  # the caller's hub is gone (its thread ended): nobody waits
+            pass
 
 
 class Readers:
+    """``size`` OS threads running the calls handed to them, first come first served."""
+
     def __init__(
         self,
         size: int,
@@ -49,55 +116,66 @@ class Readers:
     ) -> None:
         self.size = size
         self.max_queued = max_queued
-        #: Run in the reader's own thread: after a failed read (drop a broken
-        #: connection), and when the reader stops (close its connection).
+        #: Run in the thread itself: after a failed call (drop a broken
+        #: connection), and when the thread stops (close its connection).
         self.on_error = on_error
         self.on_exit = on_exit
         self.name = name
-        self._lock = threading.Lock()  # guards _jobs, _threads and _pid
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        # A lock of the OS, never gevent's: the threads take it too, briefly.
+        self._lock = os_lock()  # guards _jobs, _threads and _pid
+        self._jobs: _queue.SimpleQueue[Job[Any] | None] = _queue.SimpleQueue()
+        self._threads = 0
         self._pid = 0
         self._closed = False
+        self._busy = 0  # calls handed over and not ended
 
-    def run(self, fn: Callable[[], T], timeout: float) -> T:
-        """``fn()`` in a reader; its result or its exception, within ``timeout`` seconds."""
+    def submit(self, fn: Callable[[], T]) -> Job[T]:
+        """Hand ``fn`` to a thread; wait on the returned job (``ReadersBusy`` if too many wait)."""
         if self._closed:
             raise ReadersBusy("the database tier is closed")
         jobs = self._started()
-        if jobs.qsize() >= self.max_queued:
-            raise ReadersBusy(f"{jobs.qsize()} database reads are waiting already")
-        job = _Job(fn)
+        if self._busy >= self.size + self.max_queued:
+            raise ReadersBusy(f"{self._busy - self.size} database calls are waiting already")
+        job = Job(fn)
+        with self._lock:
+            self._busy += 1
         jobs.put(job)
-        if not job.done.wait(timeout):
-            raise ReadTimeout(f"database read took longer than {timeout:.2f}s")
-        if job.error is not None:
-            raise job.error
-        return job.result
+        return job
+
+    def run(self, fn: Callable[[], T], timeout: float) -> T:
+        """``fn()`` in a thread; its result or its exception, within ``timeout`` seconds."""
+        job = self.submit(fn)
+        if not job.wait(timeout):
+            raise ReadTimeout(f"database call took longer than {timeout:.2f}s")
+        return job.outcome()
+
+    @property
+    def queued(self) -> int:
+        """Calls handed over that no thread has ended yet (running or waiting)."""
+        return self._busy
 
     def close(self) -> None:
-        """Stop the readers once the reads queued before are done."""
+        """Stop the threads once the calls queued before are done."""
         with self._lock:
             self._closed = True
-            threads, self._threads = self._threads, []
-            for _ in threads:
+            threads, self._threads = self._threads, 0
+            for _ in range(threads):
                 self._jobs.put(None)
 
-    def _started(self) -> queue.SimpleQueue[_Job | None]:
+    def _started(self) -> _queue.SimpleQueue[Job[Any] | None]:
         if self._threads and self._pid == os.getpid():
             return self._jobs
         with self._lock:
             if self._pid != os.getpid():  # threads do not survive a fork
-                self._jobs, self._threads, self._pid = queue.SimpleQueue(), [], os.getpid()
-            while len(self._threads) < self.size:
-                thread = threading.Thread(
-                    target=self._loop, args=(self._jobs,), name=self.name, daemon=True
-                )
-                thread.start()
-                self._threads.append(thread)
+                self._jobs, self._threads, self._pid = _queue.SimpleQueue(), 0, os.getpid()
+                self._busy = 0
+            while self._threads < self.size:
+                jobs = self._jobs
+                _start_os_thread(lambda jobs=jobs: self._loop(jobs), self.name)
+                self._threads += 1
             return self._jobs
 
-    def _loop(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
+    def _loop(self, jobs: _queue.SimpleQueue[Job[Any] | None]) -> None:
         try:
             while (job := jobs.get()) is not None:
                 try:
@@ -107,8 +185,22 @@ class Readers:
                     try:
                         self.on_error()
                     except Exception:
-                        pass  # the next read reports the database's state
+                        pass  # the next call reports the database's state
                 finally:
-                    job.done.set()
+                    with self._lock:
+                        self._busy -= 1
+                    job._finish()
         finally:
-            self.on_exit()
+            try:
+                self.on_exit()
+            except Exception:
+                pass  # at exit: nothing left to tell
+
+
+def os_lock() -> Any:
+    """A lock of the OS: safe to take from OS threads and greenlets alike (held briefly)."""
+    if gevent_patched():
+        from gevent import monkey
+
+        return monkey.get_original("_thread", "allocate_lock")()
+    return threading.Lock()
