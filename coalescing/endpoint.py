@@ -154,7 +154,7 @@ class CoalescedEndpoint(Generic[P]):
 
     def _respond(self, request: HttpRequest, answer: Answer, now: float) -> HttpResponse:
         metrics.labelled(metrics.REQUESTS, self.name, answer.x_cache or "ERROR").inc()
-        return build_response(answer, now)
+        return build_response(answer, now, request)
 
     @property
     def _lookups(self) -> dict[str, Lookup]:
@@ -202,7 +202,7 @@ class CoalescedEndpoint(Generic[P]):
         # The url name tells the front layer (coalescing.front) which routes are ours.
         url_name = operation.setdefault("url_name", f"coalesced_{cls.name}")
         registry.serve(url_name, endpoint)
-        target.add_api_operation(path or cls.path, ["GET"], view, **operation)
+        target.add_api_operation(path or cls.path, ["GET", "HEAD"], view, **operation)
 
 
 def _pick(override: int | None, default: int) -> int:
