@@ -145,21 +145,26 @@ def build_response(
     if not_modified(request, entry):
         response = HttpResponse(status=304)
         # A 304 carries no representation metadata but the validators and
-        # caching fields (RFC 9110 15.4.5).
+        # caching fields (RFC 9110 15.4.5); no Content-Length either, which
+        # RFC 9110 8.6 allows and gevent's pywsgi requires.
         del response["Content-Type"]
-    elif request is not None and request.method == "HEAD":
-        # The GET's headers, Content-Length included, and no body: no server
-        # below has to know to drop it.
-        response = HttpResponse(status=entry.status, content_type=entry.content_type)
+        length: tuple[tuple[str, str], ...] = ()
     else:
-        response = HttpResponse(entry.body, status=entry.status, content_type=entry.content_type)
-    # The trusted fields below are ours (ASCII, no line breaks): they skip
-    # Django's per-header checks, which would cost a hit a microsecond each.
+        if request is not None and request.method == "HEAD":
+            # The GET's headers and no body: no server below has to know to drop it.
+            response = HttpResponse(status=entry.status, content_type=entry.content_type)
+        else:
+            response = HttpResponse(
+                entry.body, status=entry.status, content_type=entry.content_type
+            )
+        # On a HEAD too: the length the GET's body has (RFC 9110 8.6).
+        length = (("Content-Length", str(len(entry.body))),)
+    # The fields below are ours (ASCII, no line breaks): they skip Django's
+    # per-header checks, which would cost a hit a microsecond each.
     set_trusted_headers(
         response,
         (
-            # On a 304 and a HEAD too: the length the GET's body has (RFC 9110 8.6).
-            ("Content-Length", str(len(entry.body))),
+            *length,
             ("ETag", entry.etag),
             (
                 "Cache-Control",
