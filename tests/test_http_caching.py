@@ -20,7 +20,7 @@ from coalescing.coalescer import Answer
 from coalescing.entry import Entry, Policy, State, body_etag
 from coalescing.protection import UpstreamOverloaded
 from coalescing.responses import build_response, cache_control, etag_matches
-from tests.servers import manage, parse_cache_status, serve
+from tests.servers import manage, parse_cache_status, serve, uvicorn
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -335,7 +335,7 @@ def test_build_response_without_a_request_is_a_plain_get():
 # -- against manage.py serve ---------------------------------------------------------
 
 
-def start_serve(upstream, database_url: str):
+def start_serve(upstream, database_url: str, runner=serve):
     env = {
         "PRODUCT_API_BASE": upstream.url,
         "DATABASE_URL": database_url,
@@ -343,7 +343,7 @@ def start_serve(upstream, database_url: str):
     }
     migrated = manage("migrate", "--noinput", env=env)
     assert migrated.returncode == 0, migrated.stderr
-    return serve(env)
+    return runner(env)
 
 
 PRODUCT_PATH = "/products?productId=SKU1&fields=name,price"
@@ -391,13 +391,14 @@ def read_response(sock: socket.socket, buffer: bytes, has_body: bool) -> tuple[b
 
 
 @pytest.mark.e2e
-def test_head_and_304_are_well_framed_on_a_keep_alive_connection(upstream, tmp_path):
+@pytest.mark.parametrize("runner", [serve, uvicorn], ids=["serve", "uvicorn"])
+def test_head_and_304_are_well_framed_on_a_keep_alive_connection(upstream, tmp_path, runner):
     """HEAD, a conditional GET, then a GET on one connection: three whole answers.
 
     A body after the HEAD or the 304 would be read as the start of the next
     answer: the third answer's status line would be garbage.
     """
-    server = start_serve(upstream, f"sqlite:///{tmp_path / 'framing.sqlite3'}")
+    server = start_serve(upstream, f"sqlite:///{tmp_path / 'framing.sqlite3'}", runner)
     try:
         etag = server.get(PRODUCT_PATH).headers["ETag"]
         requests_ = (
