@@ -52,9 +52,7 @@ SELECT_ROW = """
     180,
     'http://upstream.example/products/SKU' || i
 """
-COLUMNS = (
-    "key_hash, key, endpoint, name, status, body, content_type, fetched_at_ms, size, upstream_url"
-)
+COLUMNS = "key_hash, key, endpoint, name, status, body, content_type, fetched_at_ms, size, params"
 
 
 def insert_rows(rows: int) -> None:

@@ -62,7 +62,7 @@ def setup() -> Any:
             body=b'{"id":"hot","pad":"' + b"x" * 1000 + b'"}',
             content_type="application/json",
             fetched_at=time.time(),
-            upstream_url=lk.request.full_url,
+            params=lk.params,
         )
     )
     return WSGIHandler()

@@ -179,7 +179,7 @@ class CacheEntryAdmin(admin.ModelAdmin):
         "fetched",
         "size",
         "content_type",
-        "upstream_url",
+        "params",
         "pretty_body",
     )
     readonly_fields = fields

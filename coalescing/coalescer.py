@@ -64,6 +64,13 @@ class Lookup:
     build_request: Callable[[], UpstreamRequest]
     content_type: str
     validate_body: Callable[[bytes], None]
+    #: No shared cache may keep the answer (``Cache-Control: private``).
+    private: bool = False
+    #: What the entry keeps to be made again by a refresh (coalescing.params).
+    params: str = ""
+    #: The source when it is a function (``@coalesced``), not an HTTP upstream:
+    #: returns the body and its content type, raises :class:`UpstreamError`.
+    call: Callable[[], tuple[bytes, str]] | None = None
 
     @property
     def request(self) -> UpstreamRequest:
@@ -356,31 +363,38 @@ class Coalescer:
     def _fetch(self, lk: Lookup) -> Entry:
         started = time.monotonic()
         try:
-            request = lk.request
-            response = self.client.fetch(request, self.upstream_timeout, self.max_bytes)
-            if response.status == 404:
-                body = NOT_FOUND_BODY
-            else:
-                try:
-                    lk.validate_body(response.body)
-                except ValueError as exc:
-                    raise UpstreamBadBody(f"upstream body refused: {exc}", 200) from exc
-                body = response.body
+            status, body, content_type = self._call_source(lk)
         except UpstreamError as exc:
             self._record_call(lk, started, _error_label(exc))
             raise
-        self._record_call(lk, started, str(response.status))
+        self._record_call(lk, started, str(status))
         return Entry(
             key_hash=lk.key_hash,
             key=lk.key,
             endpoint=lk.endpoint,
             name=lk.name,
-            status=response.status,
+            status=status,
             body=body,
-            content_type=lk.content_type,
+            content_type=content_type,
             fetched_at=round(self.clock(), 3),
-            upstream_url=request.full_url,
+            params=lk.params,
         )
+
+    def _call_source(self, lk: Lookup) -> tuple[int, bytes, str]:
+        """Status, body and content type from the lookup's source: a function, or the upstream."""
+        if lk.call is not None:
+            body, content_type = lk.call()
+            if len(body) > self.max_bytes:
+                raise UpstreamBadBody(f"result is over the cap of {self.max_bytes} bytes", 200)
+            return 200, body, content_type
+        response = self.client.fetch(lk.request, self.upstream_timeout, self.max_bytes)
+        if response.status == 404:
+            return 404, NOT_FOUND_BODY, lk.content_type
+        try:
+            lk.validate_body(response.body)
+        except ValueError as exc:
+            raise UpstreamBadBody(f"upstream body refused: {exc}", 200) from exc
+        return response.status, response.body, lk.content_type
 
     @staticmethod
     def _record_call(lk: Lookup, started: float, status: str) -> None:

@@ -38,7 +38,9 @@ class Entry:
     body: bytes  # served byte for byte; shared between callers, never mutated
     content_type: str
     fetched_at: float  # epoch seconds when the upstream answered
-    upstream_url: str = ""  # the call that produced it: how a refresh repeats it
+    #: The endpoint's parameters it was made from (JSON, see coalescing.params):
+    #: how a refresh builds its upstream request again. Never the request itself.
+    params: str = ""
     #: The HTTP validator of the answer (:func:`body_etag`). Computed once per
     #: object, when it is fetched or decoded by a tier, never per hit: the
     #: memory tier keeps the object. Not stored by any tier (it is derived).
@@ -49,7 +51,7 @@ class Entry:
 
     @property
     def size(self) -> int:
-        text = len(self.key) + len(self.key_hash) + len(self.name) + len(self.upstream_url)
+        text = len(self.key) + len(self.key_hash) + len(self.name) + len(self.params)
         return len(self.body) + text + len(self.etag) + ENTRY_OVERHEAD_BYTES
 
     @property

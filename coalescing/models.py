@@ -116,7 +116,7 @@ _ENTRY_COLUMNS = (
     "body",
     "content_type",
     "fetched_at_ms",
-    "upstream_url",
+    "params",
 )
 
 
@@ -139,7 +139,7 @@ class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # ty
         rows = list(found.values_list(*_ENTRY_COLUMNS[1:])[:1])
         if not rows:
             return None
-        key, endpoint, name, status, body, content_type, fetched_at_ms, upstream_url = rows[0]
+        key, endpoint, name, status, body, content_type, fetched_at_ms, params = rows[0]
         return Entry(
             key_hash=key_hash,
             key=key,
@@ -149,7 +149,7 @@ class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # ty
             body=bytes(body),
             content_type=content_type,
             fetched_at=fetched_at_ms / 1000.0,
-            upstream_url=upstream_url,
+            params=params,
         )
 
     def upsert_many(self, entries: Iterable[Entry], using: str = "default") -> None:
@@ -185,7 +185,7 @@ class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # ty
                 e.body,
                 e.content_type,
                 round(e.fetched_at * 1000),
-                e.upstream_url,
+                e.params,
                 len(e.body),
             ]
         with connection.cursor() as cursor:
@@ -395,7 +395,9 @@ class CacheEntry(models.Model):
     content_type = models.CharField(max_length=100)
     fetched_at_ms = models.BigIntegerField(help_text="when the upstream answered, epoch ms")
     size = models.PositiveIntegerField(help_text="body size in bytes")
-    upstream_url = models.TextField(blank=True, help_text="the upstream call that produced it")
+    params = models.TextField(
+        blank=True, help_text="the endpoint's parameters it came from: how a refresh repeats it"
+    )
 
     objects = CacheEntryManager()
 

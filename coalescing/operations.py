@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from . import registry
 from .coalescer import Answer, Lookup
+from .errors import BadRequest
 from .runtime import get_coalescer
 
 
@@ -52,10 +53,18 @@ def invalidate_key(key_hash: str, name: str | None = None) -> None:
 
 
 def refresh_key(key_hash: str) -> Answer | None:
-    """Refresh a stored entry by its key hash; ``None`` if no tier holds it."""
+    """Refresh a stored entry by its key hash; ``None`` if no tier holds it or it
+    keeps no parameters (made before they were kept, or too long to keep).
+
+    The upstream request is built again by the endpoint from the entry's
+    parameters, with the settings in force now.
+    """
     coalescer = get_coalescer()
     entry = coalescer.peek(key_hash)
-    if entry is None or not entry.upstream_url:
+    if entry is None or not entry.params:
         return None
-    endpoint = registry.get(entry.endpoint)()
-    return coalescer.refresh_now(endpoint.lookup_entry(entry))
+    try:
+        lookup = registry.get(entry.endpoint)().lookup_stored(entry.params)
+    except (BadRequest, KeyError):
+        return None
+    return coalescer.refresh_now(lookup)

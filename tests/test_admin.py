@@ -42,12 +42,8 @@ def entry(product: str, age_ms: int, status: int = 200, endpoint: str = "product
         body=body,
         content_type="application/json",
         fetched_at=round(time.time() - age_ms / 1000.0, 3),
-        upstream_url=f"{ProductEndpoint().upstream_request(_params(product)).full_url}",
+        params=ProductEndpoint().lookup_query({"productId": [product]}).params,
     )
-
-
-def _params(product: str):
-    return ProductEndpoint().parse({"productId": [product]})
 
 
 def store(*entries: Entry) -> dict[str, str]:

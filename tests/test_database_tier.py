@@ -38,7 +38,7 @@ def entry(key: str = "k1", fetched_at: float = 1000.0, body: bytes = b'{"a": 1}'
         body=body,
         content_type="application/json",
         fetched_at=fetched_at,
-        upstream_url="http://up/products/SKU",
+        params='{"q":{"productId":["SKU"]},"v":null}',
     )
 
 

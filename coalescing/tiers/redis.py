@@ -70,7 +70,7 @@ class RedisTier(Tier):
             body=body,
             content_type=m["content_type"],
             fetched_at=int(fetched_ms) / 1000.0,
-            upstream_url=m.get("upstream_url", ""),
+            params=m.get("params", ""),
         )
 
     def set(self, entry: Entry, lifetime_ms: int) -> None:
@@ -85,7 +85,7 @@ class RedisTier(Tier):
                 "name": entry.name,
                 "status": entry.status,
                 "content_type": entry.content_type,
-                "upstream_url": entry.upstream_url,
+                "params": entry.params,
             }
         )
         try:
