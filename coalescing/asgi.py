@@ -67,10 +67,11 @@ class CoalescingASGIHandler:
                     return
             # A cold stampede on a new route joins the flight here, holding no
             # thread, and waits for the first full answer's headers to send.
-            endpoint = self.front.endpoint(request, has_body, learned_only=learner is None)
-            if endpoint is not None:
+            target = self.front.endpoint(request, has_body, learned_only=learner is None)
+            if target is not None:
+                endpoint, path = target
                 try:
-                    response = await endpoint.aview(request)
+                    response = await endpoint.aview(request, **path)
                     if learner is not None:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(learner.wait(), LEARN_WAIT_S)

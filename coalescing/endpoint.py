@@ -15,20 +15,32 @@ no header or cookie can reach the upstream call or the cache key.
 from __future__ import annotations
 
 import json
+import re
 import threading
-from typing import Any, ClassVar, Generic, TypeVar
+import warnings
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from django.http import HttpRequest, HttpResponse
 
 from . import asgi, metrics, registry
 from .coalescer import Answer, Lookup
 from .conf import get_settings
-from .entry import Entry, Policy, make_key
+from .entry import Policy, make_key
 from .errors import BadRequest
-from .params import QueryLists, query_lists
+from .params import (
+    QueryLists,
+    openapi_parameters,
+    parse_schema,
+    parse_stored_params,
+    query_lists,
+    stored_params,
+)
 from .responses import build_response, error_response
 from .runtime import get_coalescer
 from .upstream import UpstreamRequest
+
+if TYPE_CHECKING:  # ninja reads Django's settings on import: not before they exist
+    from ninja import Schema
 
 P = TypeVar("P")
 
@@ -41,7 +53,7 @@ _lookups_lock = threading.Lock()
 class CoalescedEndpoint(Generic[P]):
     #: Unique name: storage, metrics, ``purge_stale --endpoint``.
     name: ClassVar[str]
-    #: Default URL path for :meth:`register`.
+    #: Default URL path for :meth:`register`; ``{name}`` segments are path parameters.
     path: ClassVar[str] = ""
     content_type: ClassVar[str] = "application/json"
     #: Per-endpoint windows; ``None`` takes the setting of the same name.
@@ -49,19 +61,40 @@ class CoalescedEndpoint(Generic[P]):
     stale_ttl_ms: ClassVar[int | None] = None
     stale_if_error_ms: ClassVar[int | None] = None
     negative_ttl_ms: ClassVar[int | None] = None
-    #: OpenAPI parameter objects, for the docs page (validation is :meth:`parse`).
+    #: The parameters as a django-ninja ``Schema``: then :meth:`parse` validates
+    #: with it and ``/docs`` shows it, one declaration for both.
+    params_schema: ClassVar[type[Schema] | None] = None
+    #: OpenAPI parameter objects of a hand-written :meth:`parse`, for ``/docs``.
     openapi_parameters: ClassVar[list[dict[str, Any]]] = []
+    #: Answers no shared cache may keep (``Cache-Control: private``); every
+    #: endpoint with :meth:`vary` is private too.
+    private: ClassVar[bool] = False
     summary: ClassVar[str] = ""
+    #: Whether the subclass has a :meth:`vary` of its own (set per class).
+    _varies: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls._varies = cls.vary is not CoalescedEndpoint.vary
         if "name" in cls.__dict__:
             registry.add(cls)
 
     # -- what a subclass says ---------------------------------------------
 
     def parse(self, query: QueryLists) -> P:
-        raise NotImplementedError
+        """Query (and path) parameters -> validated params, or :class:`BadRequest`."""
+        if self.params_schema is None:
+            raise NotImplementedError(f"{type(self).__name__} needs params_schema or parse()")
+        return parse_schema(self.params_schema, query)  # type: ignore[return-value]
+
+    def vary(self, request: HttpRequest) -> str | None:
+        """What tells callers apart whose answers differ (a tenant, a plan, a locale).
+
+        By default nothing of the request but its parameters counts. A value
+        here becomes part of the cache key and of the single-flight name, and
+        reaches :meth:`upstream_request` as its second argument.
+        """
+        return None
 
     def coalescing_name(self, params: P) -> str:
         raise NotImplementedError
@@ -94,67 +127,84 @@ class CoalescedEndpoint(Generic[P]):
         self._policy = (conf, policy)
         return policy
 
-    def lookup(self, params: P) -> Lookup:
-        key, key_hash = make_key(self.name, self.cache_key(params))
+    def lookup_query(self, query: QueryLists, varied: str | None = None) -> Lookup:
+        """The lookup of a query as a client sends it (path parameters merged in).
+
+        What the entry keeps to be refreshed later is this query and the
+        caller's ``varied`` value: a refresh parses them again and builds the
+        upstream request anew, with the settings then in force.
+        """
+        params = self.parse(query)
+        cache_key, name = self.cache_key(params), self.coalescing_name(params)
+        if varied is not None:
+            cache_key, name = f"{cache_key}#{varied}", f"{name}#{varied}"
+        key, key_hash = make_key(self.name, cache_key)
+        if self._varies:
+            build = lambda: self.upstream_request(params, varied)  # type: ignore[call-arg]  # noqa: E731
+        else:
+            build = lambda: self.upstream_request(params)  # noqa: E731
         return Lookup(
             endpoint=self.name,
             key=key,
             key_hash=key_hash,
-            name=self.coalescing_name(params),
+            name=name,
             policy=self.policy(),
-            build_request=lambda: self.upstream_request(params),
+            build_request=build,
             content_type=self.content_type,
             validate_body=self.validate_body,
+            private=self.private or self._varies,
+            params=stored_params(query, varied),
         )
 
-    def lookup_entry(self, entry: Entry) -> Lookup:
-        """The lookup that repeats the upstream call an entry came from (refresh)."""
-        return Lookup(
-            endpoint=self.name,
-            key=entry.key,
-            key_hash=entry.key_hash,
-            name=entry.name,
-            policy=self.policy(),
-            build_request=lambda: UpstreamRequest(entry.upstream_url),
-            content_type=self.content_type,
-            validate_body=self.validate_body,
-        )
+    def lookup_stored(self, params: str) -> Lookup:
+        """The lookup of an entry's stored parameters (refresh); ``BadRequest`` if unusable."""
+        query, varied = parse_stored_params(params)
+        return self.lookup_query(query, varied)
 
-    def lookup_query(self, query: QueryLists) -> Lookup:
-        """The lookup of a query, as a client would send it (invalidation, refresh)."""
-        return self.lookup(self.parse(query))
-
-    def view(self, request: HttpRequest) -> HttpResponse:
+    def view(self, request: HttpRequest, **path: str) -> HttpResponse:
         """The sync view (WSGI, gevent): waits for a miss in its own greenlet or thread."""
-        lk = self._request_lookup(request)
+        lk = self._request_lookup(request, path)
         if isinstance(lk, HttpResponse):
             return lk
         coalescer = get_coalescer()
-        return self._respond(request, coalescer.get(lk), coalescer.clock())
+        return self._respond(request, lk, coalescer.get(lk), coalescer.clock())
 
-    async def aview(self, request: HttpRequest) -> HttpResponse:
+    async def aview(self, request: HttpRequest, **path: str) -> HttpResponse:
         """The async view (ASGI): the same read path; a waiter holds no thread."""
-        lk = self._request_lookup(request)
+        lk = self._request_lookup(request, path)
         if isinstance(lk, HttpResponse):
             return lk
         coalescer = get_coalescer()
-        return self._respond(request, await coalescer.aget(lk), coalescer.clock())
+        return self._respond(request, lk, await coalescer.aget(lk), coalescer.clock())
 
-    def _request_lookup(self, request: HttpRequest) -> Lookup | HttpResponse:
-        """The lookup of the request's query (remembered), or the 400 it deserves."""
-        raw = request.META.get("QUERY_STRING", "")
-        lk = self._lookups.get(raw)
+    def _request_lookup(self, request: HttpRequest, path: dict[str, str]) -> Lookup | HttpResponse:
+        """The lookup of the request (remembered), or the 400 it deserves."""
+        memo: Any = request.META.get("QUERY_STRING", "")
+        if path:
+            memo = f"{request.path_info}?{memo}"
+        varied = None
+        if self._varies:
+            varied = self.vary(request)
+            if varied is not None:
+                varied = str(varied)
+                memo = (memo, varied)
+        lk = self._lookups.get(memo)
         if lk is None or lk.policy is not self.policy():
             try:
-                lk = self.lookup_query(query_lists(request))
+                query = query_lists(request)
+                if path:
+                    query = {**query, **{k: [str(v)] for k, v in path.items()}}
+                lk = self.lookup_query(query, varied)
             except BadRequest as exc:
                 return error_response(400, exc.detail)
-            self._remember(raw, lk)
+            self._remember(memo, lk)
         return lk
 
-    def _respond(self, request: HttpRequest, answer: Answer, now: float) -> HttpResponse:
+    def _respond(
+        self, request: HttpRequest, lk: Lookup, answer: Answer, now: float
+    ) -> HttpResponse:
         metrics.labelled(metrics.REQUESTS, self.name, answer.x_cache or "ERROR").inc()
-        return build_response(answer, now, request)
+        return build_response(answer, now, request, private=lk.private)
 
     @property
     def _lookups(self) -> dict[str, Lookup]:
@@ -171,38 +221,59 @@ class CoalescedEndpoint(Generic[P]):
             lookups = self.__dict__.setdefault("_lookup_cache", {})
         return lookups
 
-    def _remember(self, raw: str, lk: Lookup) -> None:
-        if len(raw) > MAX_REMEMBERED_QUERY:
+    def _remember(self, memo: Any, lk: Lookup) -> None:
+        if len(memo if isinstance(memo, str) else memo[0]) > MAX_REMEMBERED_QUERY:
             return
         lookups = self._lookups
         with _lookups_lock:
-            lookups[raw] = lk
+            lookups[memo] = lk
             while len(lookups) > LOOKUP_CACHE_SIZE:
                 del lookups[next(iter(lookups))]
 
     @classmethod
     def register(cls, router: Any, path: str | None = None, **operation: Any) -> None:
-        """Serve this endpoint on a django-ninja ``NinjaAPI`` or ``Router``: one line."""
+        """Serve this endpoint on a django-ninja ``NinjaAPI`` or ``Router``: one line.
+
+        The view takes its path parameters from Django's URL match, not from
+        ninja: validation is the endpoint's own, for path and query alike.
+        """
         endpoint = cls()
+        route = path or cls.path
         if asgi.async_views():
 
             async def view(request: HttpRequest) -> HttpResponse:
-                return await endpoint.aview(request)
+                return await endpoint.aview(request, **_path_kwargs(request))
 
         else:
 
             def view(request: HttpRequest) -> HttpResponse:
-                return endpoint.view(request)
+                return endpoint.view(request, **_path_kwargs(request))
 
         view.__name__ = f"{cls.name}_view"
         target = getattr(router, "default_router", router)
         operation.setdefault("summary", cls.summary or cls.__doc__ or cls.name)
         operation.setdefault("operation_id", cls.name)
-        operation.setdefault("openapi_extra", {"parameters": cls.openapi_parameters})
+        parameters = cls.openapi_parameters
+        if cls.params_schema is not None:
+            parameters = openapi_parameters(cls.params_schema, PATH_PARAMETER.findall(route))
+        operation.setdefault("openapi_extra", {"parameters": parameters})
         # The url name tells the front layer (coalescing.front) which routes are ours.
         url_name = operation.setdefault("url_name", f"coalesced_{cls.name}")
         registry.serve(url_name, endpoint)
-        target.add_api_operation(path or cls.path, ["GET", "HEAD"], view, **operation)
+        with warnings.catch_warnings():
+            # ninja warns of path parameters missing from the view's signature:
+            # on purpose, see above.
+            warnings.filterwarnings("ignore", message=r"Field\(s\) .* are in the view path")
+            target.add_api_operation(route, ["GET", "HEAD"], view, **operation)
+
+
+#: A path parameter of a django-ninja route: ``{name}`` or ``{converter:name}``.
+PATH_PARAMETER = re.compile(r"\{(?:\w+:)?(\w+)\}")
+
+
+def _path_kwargs(request: HttpRequest) -> dict[str, str]:
+    match = getattr(request, "resolver_match", None)
+    return match.kwargs if match is not None else {}
 
 
 def _pick(override: int | None, default: int) -> int:

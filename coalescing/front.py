@@ -74,8 +74,9 @@ NOT_LEARNED = frozenset(
 class Front:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # guards _routes' size; reads need no lock
-        #: path_info -> url name of a coalesced route, or "" for any other path.
-        self._routes: dict[str, str] = {}
+        #: path_info -> (url name of a coalesced route, its path parameters),
+        #: or ("", {}) for any other path.
+        self._routes: dict[str, tuple[str, dict[str, str]]] = {}
         #: url name -> the headers the full path added to a coalesced answer.
         self._learned: dict[str, list[tuple[str, str]]] = {}
 
@@ -83,47 +84,52 @@ class Front:
 
     def route(self, path_info: str) -> str:
         """The url name of the coalesced route at ``path_info``, or ``""``."""
-        url_name = self._routes.get(path_info)
-        if url_name is None:
-            url_name = self._resolve(path_info)
+        return self._match(path_info)[0]
+
+    def _match(self, path_info: str) -> tuple[str, dict[str, str]]:
+        found = self._routes.get(path_info)
+        if found is None:
+            found = self._resolve(path_info)
             if len(path_info) <= MAX_REMEMBERED_PATH:
                 with self._lock:
-                    self._routes[path_info] = url_name
+                    self._routes[path_info] = found
                     while len(self._routes) > ROUTE_CACHE_SIZE:
                         del self._routes[next(iter(self._routes))]
-        return url_name
+        return found
 
     @staticmethod
-    def _resolve(path_info: str) -> str:
+    def _resolve(path_info: str) -> tuple[str, dict[str, str]]:
         try:
             match = get_resolver().resolve(path_info)
         except Resolver404:
-            return ""
-        if match.kwargs or registry.served(match.url_name) is None:
-            return ""
-        return match.url_name
+            return "", {}
+        if match.args or registry.served(match.url_name) is None:
+            return "", {}
+        return match.url_name, match.kwargs
 
     def learned(self, url_name: str) -> bool:
         return url_name in self._learned
 
     def endpoint(
         self, request: HttpRequest, has_body: bool, *, learned_only: bool = True
-    ) -> CoalescedEndpoint | None:
-        """The endpoint that answers ``request`` here, or ``None``: Django answers it.
+    ) -> tuple[CoalescedEndpoint, dict[str, str]] | None:
+        """The endpoint that answers ``request`` here and its path parameters,
+        or ``None``: Django answers it.
 
         ``learned_only=False`` also gives the endpoint of a route whose first
         full answer has not been seen yet (the caller waits for it).
         """
         if request.method not in ("GET", "HEAD") or has_body:
             return None
-        url_name = self.route(request.path_info)
+        url_name, path = self._match(request.path_info)
         if not url_name or (learned_only and url_name not in self._learned):
             return None
         try:
             request.get_host()
         except DisallowedHost:
             return None  # Django answers it, and logs it as it does
-        return registry.served(url_name)
+        endpoint = registry.served(url_name)
+        return None if endpoint is None else (endpoint, path)
 
     # -- the answer ----------------------------------------------------------
 

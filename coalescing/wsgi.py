@@ -35,10 +35,11 @@ class CoalescingWSGIHandler:
             from django.core.handlers.wsgi import WSGIRequest
 
             request = WSGIRequest(environ)
-            endpoint = self.front.endpoint(request, _has_body(environ))
-            if endpoint is not None:
+            target = self.front.endpoint(request, _has_body(environ))
+            if target is not None:
+                endpoint, path = target
                 try:
-                    response = self.front.finish(request, endpoint.view(request))
+                    response = self.front.finish(request, endpoint.view(request, **path))
                 except Exception:
                     log.exception("coalescing: the front layer failed; Django answers")
                 else:

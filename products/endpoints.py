@@ -7,26 +7,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-import re
+from typing import Annotated
 from urllib.parse import quote
 
 from django.conf import settings
+from ninja import Field, Schema
+from pydantic import field_validator
 
 from coalescing import CoalescedEndpoint, UpstreamRequest
-from coalescing.params import QueryLists, csv_set, single
 from coalescing.server import local_base_url
 
-PRODUCT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-FIELD = re.compile(r"[A-Za-z0-9_]{1,64}")
-REGION = re.compile(r"[A-Za-z0-9_-]{1,32}")
+#: One declaration per parameter: validation and the OpenAPI page both come from it.
+ProductId = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="1 to 64 of A-Z a-z 0-9 _ -")
+]
+FIELDS_PATTERN = r"^([A-Za-z0-9_]{1,64}(,[A-Za-z0-9_]{1,64})*)?$"
 MAX_FIELDS = 50
-PRODUCT_ID_PARAMETER = {
-    "name": "productId",
-    "in": "query",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-}
 #: Where the demo upstream is served when this process's address is unknown.
 DEMO_PATH = "/demo"
 
@@ -44,78 +40,68 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ProductParams:
-    product_id: str
-    fields: tuple[str, ...]  # sorted and unique; () means all fields
+class ProductQuery(Schema):
+    productId: ProductId
+    fields: str = Field(
+        "",
+        pattern=FIELDS_PATTERN,
+        description="comma-separated field names; absent or empty: all fields",
+    )
+
+    @field_validator("fields")
+    @classmethod
+    def _few_enough(cls, value: str) -> str:
+        if len(field_set(value)) > MAX_FIELDS:
+            raise ValueError(f"at most {MAX_FIELDS} distinct field names")
+        return value
 
 
-class ProductEndpoint(CoalescedEndpoint[ProductParams]):
+def field_set(fields: str) -> tuple[str, ...]:
+    """The fields asked for, sorted, duplicates dropped; () means all of them."""
+    return tuple(sorted(set(fields.split(",")) - {""}))
+
+
+class ProductEndpoint(CoalescedEndpoint[ProductQuery]):
     """A product, or some of its fields."""
 
     name = "products"
     path = "/products"
     summary = "A product by id, with some or all of its fields (coalesced and cached)"
-    openapi_parameters = [
-        PRODUCT_ID_PARAMETER,
-        {
-            "name": "fields",
-            "in": "query",
-            "required": False,
-            "description": "comma-separated field names; absent or empty: all fields",
-            "schema": {"type": "string"},
-        },
-    ]
+    params_schema = ProductQuery
 
-    def parse(self, query: QueryLists) -> ProductParams:
-        product_id = single(query, "productId", PRODUCT_ID, required=True)
-        fields = csv_set(query, "fields", FIELD, max_items=MAX_FIELDS)
-        return ProductParams(product_id, fields)  # type: ignore[arg-type]
+    def coalescing_name(self, params: ProductQuery) -> str:
+        return params.productId
 
-    def coalescing_name(self, params: ProductParams) -> str:
-        return params.product_id
+    def cache_key(self, params: ProductQuery) -> str:
+        return f"{params.productId}::{','.join(field_set(params.fields)) or '*'}"
 
-    def cache_key(self, params: ProductParams) -> str:
-        return f"{params.product_id}::{','.join(params.fields) or '*'}"
-
-    def upstream_request(self, params: ProductParams) -> UpstreamRequest:
-        url = f"{upstream_base()}/products/{segment(params.product_id)}"
-        return UpstreamRequest(url, {"fields": ",".join(params.fields)} if params.fields else None)
+    def upstream_request(self, params: ProductQuery) -> UpstreamRequest:
+        url = f"{upstream_base()}/products/{segment(params.productId)}"
+        fields = ",".join(field_set(params.fields))
+        return UpstreamRequest(url, {"fields": fields} if fields else None)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PriceParams:
-    product_id: str
-    region: str
+class PriceQuery(Schema):
+    productId: ProductId
+    region: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="1 to 32 of A-Z a-z 0-9 _ -")
 
 
-class PriceEndpoint(CoalescedEndpoint[PriceParams]):
+class PriceEndpoint(CoalescedEndpoint[PriceQuery]):
     """The price of a product in a region."""
 
     name = "prices"
     path = "/prices"
     summary = "The price of a product in a region (coalesced by region)"
-    openapi_parameters = [
-        PRODUCT_ID_PARAMETER,
-        {
-            "name": "region",
-            "in": "query",
-            "required": True,
-            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"},
-        },
-    ]
+    params_schema = PriceQuery
 
-    def parse(self, query: QueryLists) -> PriceParams:
-        product_id = single(query, "productId", PRODUCT_ID, required=True)
-        region = single(query, "region", REGION, required=True)
-        return PriceParams(product_id, region)  # type: ignore[arg-type]
-
-    def coalescing_name(self, params: PriceParams) -> str:
+    def coalescing_name(self, params: PriceQuery) -> str:
         return params.region
 
-    def cache_key(self, params: PriceParams) -> str:
-        return f"{params.region}::{params.product_id}"
+    def cache_key(self, params: PriceQuery) -> str:
+        return f"{params.region}::{params.productId}"
 
-    def upstream_request(self, params: PriceParams) -> UpstreamRequest:
-        url = f"{upstream_base()}/prices/{segment(params.region)}/{segment(params.product_id)}"
-        return UpstreamRequest(url)
+    def upstream_request(self, params: PriceQuery) -> UpstreamRequest:
+        base = upstream_base()
+        return UpstreamRequest(
+            f"{base}/prices/{segment(params.region)}/{segment(params.productId)}"
+        )
