@@ -309,7 +309,21 @@ class DatabaseTier(Tier):
             threading.Event().wait(self.flush_interval)
 
     def _write_pending(self, bound: float) -> bool:
-        """Write the buffer out; whether it all was, within ``bound`` seconds."""
+        """Write the buffer out, batch after batch; whether it all was, within ``bound`` s."""
+        deadline = time.monotonic() + bound
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._write_batch_of_pending(left):
+                return False
+            if not self._pending:
+                return True
+
+    def _write_batch_of_pending(self, bound: float) -> bool:
+        """Write the oldest half of the buffer's budget; whether it was, within ``bound`` s.
+
+        Half, so that while a batch is held up (a locked database) the other
+        half takes the newest entries, and the oldest are those dropped.
+        """
         if not self._write_lock.acquire(timeout=bound):
             return False  # another batch is in hand (a database that is slow or locked)
         try:
@@ -319,9 +333,14 @@ class DatabaseTier(Tier):
             with self._lock:
                 if not self._pending:
                     return True
-                entries = list(self._pending.values())
-                self._inflight, self._pending = dict(self._pending), OrderedDict()
-                self._inflight_bytes, self._pending_bytes = self._pending_bytes, 0
+                entries, size = [], 0
+                while self._pending and (not entries or size < self.max_pending_bytes // 2):
+                    _, entry = self._pending.popitem(last=False)
+                    entries.append(entry)
+                    size += entry.size
+                self._inflight = {e.key_hash: e for e in entries}
+                self._inflight_bytes = size
+                self._pending_bytes -= size
                 if not in_caller:
                     job = self._writes.submit(lambda: self._write_batch(entries))
                     self._outstanding = (job, entries)
@@ -391,25 +410,33 @@ class DatabaseTier(Tier):
 
     # -- the size bound ---------------------------------------------------------
 
-    def _keep_size(self) -> None:
+    def enforce_size_bound(self) -> int:
+        """Check the size bound now (the writer does it as it writes); rows dropped."""
+        return self._keep_size(force=True)
+
+    def _keep_size(self, force: bool = False) -> int:
         """Past ``max_bytes``, drop the oldest rows and give the space back (writer thread)."""
-        if not self.max_bytes or not self._written_since_check:
-            return
+        if not self.max_bytes or not (self._written_since_check or force):
+            return 0
         now = time.monotonic()
-        due = self._written_since_check >= self.max_bytes // 100
+        due = force or self._written_since_check >= self.max_bytes // 100
         if not due and now - self._checked_at < self.size_check_s:
-            return
+            return 0
         self._checked_at, self._written_since_check = now, 0
-        job = self._writes.submit(self._evict_if_over)
-        if not job.wait(self.write_bound * 4):
-            return  # it goes on in the writer thread; counted when a later check ends
         try:
-            rows, size_after = job.outcome()
+            if self._caller_in_transaction():  # tests in a transaction: the caller's connection
+                rows, _ = self._evict_if_over()
+            else:
+                job = self._writes.submit(self._evict_if_over)
+                if not job.wait(self.write_bound * 4):
+                    return 0  # it goes on in the writer thread
+                rows, _ = job.outcome()
         except DatabaseError as exc:
             self.health.failed("evict", exc)
-            return
+            return 0
         if rows:
             metrics.DB_DROPPED.labels("size").inc(rows)
+        return rows
 
     def _evict_if_over(self) -> tuple[int, int]:
         """In the writer thread: (rows dropped, size after)."""
