@@ -48,6 +48,10 @@ if PRODUCT_API_BASE:
             f"got {PRODUCT_API_BASE!r}"
         )
 
+#: The bearer token of the partner stock API (products/partner.py); the demo
+#: upstream checks it. A secret: sent to the upstream and kept nowhere else.
+PRODUCT_API_TOKEN = env.get("PRODUCT_API_TOKEN", "demo-token")
+
 COALESCING = from_environ(env)
 
 try:

@@ -294,7 +294,7 @@ class CacheEntryAdmin(admin.ModelAdmin):
                 failures.append(f"{key_hash}: {exc.args[0]}")
                 continue
             if answer is None:
-                failures.append(f"{key_hash}: gone, or no upstream URL to repeat")
+                failures.append(f"{key_hash}: gone, or it keeps no parameters to repeat")
             elif answer.error is not None or answer.entry is None:
                 failures.append(f"{key_hash}: {answer.error}")
             else:

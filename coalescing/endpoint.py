@@ -184,7 +184,10 @@ class CoalescedEndpoint(Generic[P]):
             memo = f"{request.path_info}?{memo}"
         varied = None
         if self._varies:
-            varied = self.vary(request)
+            try:
+                varied = self.vary(request)
+            except BadRequest as exc:
+                return error_response(400, exc.detail)
             if varied is not None:
                 varied = str(varied)
                 memo = (memo, varied)

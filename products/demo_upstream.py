@@ -2,7 +2,8 @@
 
 Served by the same server under ``/demo/`` and the default of
 ``PRODUCT_API_BASE``. Data is made up from the id, the same on every call;
-ids starting with ``MISSING`` do not exist (404).
+ids starting with ``MISSING`` do not exist (404). ``stock`` wants the bearer
+token of ``PRODUCT_API_TOKEN`` and a POSTed JSON query, as partner APIs do.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import hashlib
 import json
 import time
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
 
 #: Latency of every demo answer, so that concurrent requests overlap.
 LATENCY_S = 0.05
@@ -54,7 +57,32 @@ def price(request: HttpRequest, region: str, product_id: str) -> HttpResponse:
     return _json({"id": product_id, "region": region, "price": round(base * factor, 2)})
 
 
+@csrf_exempt
+def stock(request: HttpRequest) -> HttpResponse:
+    """A partner's stock API: a POST read with a JSON body, behind a bearer token."""
+    time.sleep(LATENCY_S)
+    if request.headers.get("Authorization") != f"Bearer {settings.PRODUCT_API_TOKEN}":
+        return JsonResponse({"detail": "unauthorized"}, status=401)
+    if request.method != "POST":
+        return JsonResponse({"detail": "POST a query"}, status=405)
+    try:
+        query = json.loads(request.body)
+        product_id, tenant = str(query["productId"]), str(query.get("tenant") or "public")
+    except (ValueError, KeyError, TypeError):
+        return JsonResponse({"detail": "a JSON body with productId"}, status=400)
+    count = hashlib.sha256(f"{tenant}/{product_id}".encode()).digest()[0]
+    return _json({"id": product_id, "tenant": tenant, "in_stock": count})
+
+
+def rate(request: HttpRequest, currency: str) -> HttpResponse:
+    time.sleep(LATENCY_S)
+    factor = 0.5 + hashlib.sha256(currency.encode()).digest()[0] / 128
+    return _json({"from": "EUR", "to": currency, "rate": round(factor, 4)})
+
+
 urlpatterns = [
     path("products/<str:product_id>", product),
     path("prices/<str:region>/<str:product_id>", price),
+    path("stock", stock),
+    path("rates/<str:currency>", rate),
 ]

@@ -18,9 +18,10 @@ It runs in a thread of the test process. ``mode`` decides how it answers:
 - ``slow_headers``: the status line, then a header one byte every 50 ms for
   ``size`` bytes (default 200: ten seconds), then the ``ok`` body
 
-``delay`` seconds pass before every answer. ``calls`` records each request's
-path, headers and peer address; ``max_inflight`` is the most requests it had
-in hand at once since the last reset.
+``delay`` seconds pass before every answer; with ``token`` set, a request without
+``Authorization: Bearer <token>`` gets a 401. ``calls`` records each request's
+method, path, query, headers, body and peer address; ``max_inflight`` is the
+most requests it had in hand at once since the last reset.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.mode = "ok"
         self.status = 200
+        #: When set, every request must carry ``Authorization: Bearer <token>`` (else 401).
+        self.token = ""
         self.delay = 0.0
         self.size = 0
         self.calls: list[dict[str, object]] = []
@@ -70,6 +73,9 @@ class FakeUpstream:
                 pass
 
             def do_GET(self) -> None:
+                upstream._handle(self)
+
+            def do_POST(self) -> None:
                 upstream._handle(self)
 
         class Server(ThreadingHTTPServer):
@@ -100,7 +106,7 @@ class FakeUpstream:
         with self._lock:
             self.calls.clear()
             self.max_inflight = self.inflight
-        self.mode, self.status, self.delay, self.size = "ok", 200, 0.0, 0
+        self.mode, self.status, self.delay, self.size, self.token = "ok", 200, 0.0, 0, ""
 
     def close(self) -> None:
         self.server.shutdown()
@@ -108,13 +114,17 @@ class FakeUpstream:
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(h.path)
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
         with self._lock:
             n = len(self.calls) + 1
             self.calls.append(
                 {
+                    "method": h.command,
                     "path": parts.path,
                     "query": parts.query,
                     "headers": dict(h.headers),
+                    "body": body,
                     "client": h.client_address,
                     "at": time.monotonic(),
                 }
@@ -133,7 +143,9 @@ class FakeUpstream:
             time.sleep(delay)
         body = json.dumps({"path": parts.path, "query": parts.query, "n": n}).encode()
         try:
-            if mode == "ok":
+            if self.token and h.headers.get("Authorization") != f"Bearer {self.token}":
+                self._send(h, 401, b'{"error": "unauthorized"}')
+            elif mode == "ok":
                 self._send(h, 200, body)
             elif mode == "status":
                 self._send(h, self.status, json.dumps({"error": self.status}).encode())

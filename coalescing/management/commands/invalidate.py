@@ -1,7 +1,8 @@
 """``manage.py invalidate ENDPOINT param=value ... [--refresh]``.
 
 Removes one entry from every tier and from the memory of every process that
-shares the Redis; with ``--refresh``, calls the upstream for it instead.
+shares the Redis; with ``--refresh``, calls the upstream for it instead, and
+exits non-zero when that call failed, even if a stale value is still served.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class Command(BaseCommand):
         try:
             if refresh:
                 answer = operations.refresh(endpoint, **query)
-                if answer.entry is None:
-                    raise CommandError(f"upstream failed: {answer.error}")
+                if answer.error is not None or answer.entry is None:
+                    kept = " (the stale value is still served)" if answer.entry else ""
+                    raise CommandError(f"refresh failed: {answer.error}{kept}")
                 self.stdout.write(f"Refreshed {answer.entry.key} ({answer.entry.status}).")
             else:
                 key_hash = operations.invalidate(endpoint, **query)
