@@ -40,8 +40,9 @@ pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
 events {{ worker_connections 256; }}
 http {{
-    log_format cache '$request_uri $upstream_cache_status $status $request_time';
+    log_format cache '$request_uri $upstream_cache_status $status $upstream_status';
     access_log {tmp}/access.log cache;
+    log_subrequest on;  # the background updates, and what the app answered them
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
@@ -119,6 +120,9 @@ class Nginx:
     def log(self) -> str:
         path = self.tmp / "error.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def access_log(self) -> list[str]:
+        return (self.tmp / "access.log").read_text().splitlines()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -204,6 +208,10 @@ def test_one_upstream_call_per_fresh_window_across_nginx_and_the_app(app, nginx,
     served = app_requests(app)
     assert served <= 2 * (windows + 1), (served, sent)
     assert sent > 10 * served  # nginx answered nearly every request itself
+    # nginx revalidated with our ETag, and a 304 renewed its copy: the app had
+    # the same body still (stale, its own refresh started), no body was sent.
+    upstream_statuses = [line.split()[-1] for line in nginx.access_log()]
+    assert "304" in upstream_statuses, upstream_statuses
 
 
 def test_nginx_serves_stale_while_the_app_refreshes(app, nginx, upstream):
