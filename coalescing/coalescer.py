@@ -35,7 +35,9 @@ from .upstream import (
     UpstreamClient,
     UpstreamError,
     UpstreamRequest,
+    UpstreamResponse,
     UpstreamTimeout,
+    Validators,
 )
 
 log = logging.getLogger("coalescing")
@@ -84,6 +86,8 @@ class Outcome:
     entry: Entry | None
     source: str  # a tier name, or "upstream"
     error: UpstreamError | None = None
+    #: The upstream answered 304: the entry is the one held before, renewed.
+    renewed: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,6 +99,7 @@ class Answer:
     source: str
     error: UpstreamError | None = None
     policy: Policy | None = None
+    renewed: bool = False
 
 
 class TierGuard:
@@ -268,7 +273,8 @@ class Coalescer:
             metrics.STALE_SERVED.labels(lk.endpoint, "error").inc()
             return Answer(entry, "STALE", source, outcome.error, lk.policy)
         if source == "upstream":
-            return self._answer(lk, entry, "MISS" if started else "COALESCED", source)
+            x_cache = "MISS" if started else "COALESCED"
+            return Answer(entry, x_cache, source, None, lk.policy, outcome.renewed)
         if source == "peer":  # another process made the call: nobody here started it
             return self._answer(lk, entry, "COALESCED", source)
         if lk.policy.state(entry, self.clock()) is State.STALE:
@@ -347,7 +353,7 @@ class Coalescer:
         try:
             self.backoff.check(lk.key_hash)
             with self.limit.slot():
-                entry = self._fetch(lk)
+                entry, renewed = self._fetch(lk, fallback)
         except UpstreamError as error:
             _detach(error)
             self.backoff.failed(lk.key_hash, error)
@@ -358,17 +364,38 @@ class Coalescer:
             return Outcome(None, "upstream", error)
         self.backoff.succeeded(lk.key_hash)
         self._write(lk, entry, self.tiers)
-        return Outcome(entry, "upstream")
+        return Outcome(entry, "upstream", renewed=renewed)
 
-    def _fetch(self, lk: Lookup) -> Entry:
+    def _fetch(self, lk: Lookup, previous: Entry | None = None) -> tuple[Entry, bool]:
+        """A new entry from the lookup's source, and whether it is ``previous`` renewed.
+
+        With ``previous`` holding the upstream's validators, the call is
+        conditional: a 304 renews it (same body, a new fetch time) without
+        the upstream sending the body again.
+        """
         started = time.monotonic()
+        validators = _validators(previous)
         try:
-            status, body, content_type = self._call_source(lk)
+            if lk.call is not None:
+                status, body, content_type = 200, *lk.call()
+                if len(body) > self.max_bytes:
+                    raise UpstreamBadBody(f"result is over the cap of {self.max_bytes} bytes", 200)
+                response = None
+            else:
+                response = self.client.fetch(
+                    lk.request, self.upstream_timeout, self.max_bytes, validators
+                )
+                status, body, content_type = self._checked(lk, response, previous)
         except UpstreamError as exc:
             self._record_call(lk, started, _error_label(exc))
             raise
-        self._record_call(lk, started, str(status))
-        return Entry(
+        self._record_call(lk, started, str(response.status if response else status))
+        renewed = response is not None and response.status == 304
+        etag = response.etag if response else ""
+        modified = response.last_modified if response else ""
+        if renewed and previous is not None:  # a 304 may leave out what did not change
+            etag, modified = etag or previous.upstream_etag, modified or previous.upstream_modified
+        entry = Entry(
             key_hash=lk.key_hash,
             key=lk.key,
             endpoint=lk.endpoint,
@@ -378,16 +405,18 @@ class Coalescer:
             content_type=content_type,
             fetched_at=round(self.clock(), 3),
             params=lk.params,
+            upstream_etag=etag,
+            upstream_modified=modified,
         )
+        return entry, renewed
 
-    def _call_source(self, lk: Lookup) -> tuple[int, bytes, str]:
-        """Status, body and content type from the lookup's source: a function, or the upstream."""
-        if lk.call is not None:
-            body, content_type = lk.call()
-            if len(body) > self.max_bytes:
-                raise UpstreamBadBody(f"result is over the cap of {self.max_bytes} bytes", 200)
-            return 200, body, content_type
-        response = self.client.fetch(lk.request, self.upstream_timeout, self.max_bytes)
+    @staticmethod
+    def _checked(
+        lk: Lookup, response: UpstreamResponse, previous: Entry | None
+    ) -> tuple[int, bytes, str]:
+        """Status, body and content type of an upstream answer the endpoint accepts."""
+        if response.status == 304 and previous is not None:
+            return previous.status, previous.body, previous.content_type
         if response.status == 404:
             return 404, NOT_FOUND_BODY, lk.content_type
         try:
@@ -427,6 +456,15 @@ def _detach(error: UpstreamError) -> None:
     error.__traceback__ = None
     error.__cause__ = error.__context__ = None
     error.__suppress_context__ = True
+
+
+def _validators(previous: Entry | None) -> Validators | None:
+    """What makes a call conditional: the validators of a body held now, if any."""
+    if previous is None or previous.status != 200:
+        return None
+    if not (previous.upstream_etag or previous.upstream_modified):
+        return None
+    return Validators(previous.upstream_etag, previous.upstream_modified)
 
 
 def _error_label(exc: UpstreamError) -> str:

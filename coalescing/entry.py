@@ -41,6 +41,10 @@ class Entry:
     #: The endpoint's parameters it was made from (JSON, see coalescing.params):
     #: how a refresh builds its upstream request again. Never the request itself.
     params: str = ""
+    #: The upstream's validators of this body, sent back on a refresh
+    #: (``If-None-Match``, ``If-Modified-Since``): a 304 renews the entry.
+    upstream_etag: str = ""
+    upstream_modified: str = ""
     #: The HTTP validator of the answer (:func:`body_etag`). Computed once per
     #: object, when it is fetched or decoded by a tier, never per hit: the
     #: memory tier keeps the object. Not stored by any tier (it is derived).
@@ -51,7 +55,8 @@ class Entry:
 
     @property
     def size(self) -> int:
-        text = len(self.key) + len(self.key_hash) + len(self.name) + len(self.params)
+        texts = (self.key, self.key_hash, self.name, self.params, self.upstream_etag)
+        text = sum(map(len, texts)) + len(self.upstream_modified)
         return len(self.body) + text + len(self.etag) + ENTRY_OVERHEAD_BYTES
 
     @property

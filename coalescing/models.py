@@ -117,6 +117,8 @@ _ENTRY_COLUMNS = (
     "content_type",
     "fetched_at_ms",
     "params",
+    "upstream_etag",
+    "upstream_modified",
 )
 
 
@@ -139,7 +141,9 @@ class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # ty
         rows = list(found.values_list(*_ENTRY_COLUMNS[1:])[:1])
         if not rows:
             return None
-        key, endpoint, name, status, body, content_type, fetched_at_ms, params = rows[0]
+        key, endpoint, name, status, body, content_type, fetched_at_ms, params, etag, modified = (
+            rows[0]
+        )
         return Entry(
             key_hash=key_hash,
             key=key,
@@ -150,6 +154,8 @@ class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # ty
             content_type=content_type,
             fetched_at=fetched_at_ms / 1000.0,
             params=params,
+            upstream_etag=etag,
+            upstream_modified=modified,
         )
 
     def upsert_many(self, entries: Iterable[Entry], using: str = "default") -> None:
@@ -186,6 +192,8 @@ class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # ty
                 e.content_type,
                 round(e.fetched_at * 1000),
                 e.params,
+                e.upstream_etag,
+                e.upstream_modified,
                 len(e.body),
             ]
         with connection.cursor() as cursor:
@@ -398,6 +406,8 @@ class CacheEntry(models.Model):
     params = models.TextField(
         blank=True, help_text="the endpoint's parameters it came from: how a refresh repeats it"
     )
+    upstream_etag = models.CharField(max_length=256, blank=True, default="")
+    upstream_modified = models.CharField(max_length=256, blank=True, default="")
 
     objects = CacheEntryManager()
 

@@ -51,6 +51,13 @@ def error_response(status: int, detail: str, headers: dict[str, str] | None = No
 def cache_status(answer: Answer, now: float) -> str:
     entry, policy = answer.entry, answer.policy
     parts = [CACHE_NAME]
+    if answer.renewed:  # the upstream said 304 to our validators
+        parts += [
+            "fwd=stale",
+            "fwd-status=304",
+            "stored" if answer.x_cache == "MISS" else "collapsed",
+        ]
+        return "; ".join(parts)
     if entry is None or answer.x_cache in ("MISS", "COALESCED"):
         parts.append("fwd=uri-miss")
         if answer.error is not None:

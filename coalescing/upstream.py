@@ -108,8 +108,27 @@ class UpstreamRequest:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class UpstreamResponse:
-    status: int
+    status: int  # 200, 404, or 304 to a conditional request (then no body)
     body: bytes
+    #: The upstream's validators (``ETag``, ``Last-Modified``), for the next refresh.
+    etag: str = ""
+    last_modified: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Validators:
+    """What a conditional request sends: the validators of the answer held now."""
+
+    etag: str = ""
+    last_modified: str = ""
+
+    def headers(self) -> dict[str, str]:
+        out = {}
+        if self.etag:
+            out["If-None-Match"] = self.etag
+        if self.last_modified:
+            out["If-Modified-Since"] = self.last_modified
+        return out
 
 
 #: The deadline of the call this thread (greenlet) is making, for the connection.
@@ -193,14 +212,23 @@ class UpstreamClient:
         )
         return session
 
-    def fetch(self, request: UpstreamRequest, timeout: float, max_bytes: int) -> UpstreamResponse:
-        """One call within ``timeout`` seconds in all. Returns 200 and 404 answers."""
+    def fetch(
+        self,
+        request: UpstreamRequest,
+        timeout: float,
+        max_bytes: int,
+        validators: Validators | None = None,
+    ) -> UpstreamResponse:
+        """One call within ``timeout`` seconds in all. Returns 200 and 404 answers,
+        and 304 when ``validators`` made it conditional."""
         started = time.monotonic()
         deadline = started + timeout
         _call.deadline = deadline
         try:
             body = request.body
             headers = dict(request.headers or {})
+            if validators is not None:
+                headers.update(validators.headers())
             if body is not None:
                 headers.setdefault("Content-Type", "application/json")
             response = self.session.request(
@@ -221,14 +249,19 @@ class UpstreamClient:
         finally:
             _call.deadline = None
         try:
-            if response.status_code not in (200, 404):
-                raise UpstreamBadStatus(
-                    f"upstream answered {response.status_code}", response.status_code
-                )
-            body = b"" if response.status_code == 404 else self._read(response, deadline, max_bytes)
+            status = response.status_code
+            conditional = validators is not None and status == 304
+            if status not in (200, 404) and not conditional:
+                raise UpstreamBadStatus(f"upstream answered {status}", status)
+            body = b"" if status != 200 else self._read(response, deadline, max_bytes)
         finally:
             response.close()
-        return UpstreamResponse(response.status_code, body)
+        return UpstreamResponse(
+            status,
+            body,
+            etag=_header_value(response.headers.get("ETag", "")),
+            last_modified=_header_value(response.headers.get("Last-Modified", "")),
+        )
 
     @staticmethod
     def _read(response: requests.Response, deadline: float, max_bytes: int) -> bytes:
@@ -266,3 +299,14 @@ class UpstreamClient:
                 raise UpstreamTimeout("upstream body did not end within the time budget") from exc
             raise UpstreamUnavailable(f"upstream body broke off: {type(exc).__name__}") from exc
         return b"".join(chunks)
+
+
+#: The longest validator kept: anything longer is not a validator worth sending back.
+MAX_VALIDATOR_LENGTH = 256
+
+
+def _header_value(value: str) -> str:
+    value = value.strip()
+    if len(value) > MAX_VALIDATOR_LENGTH or any(c in value for c in "\r\n\0"):
+        return ""
+    return value

@@ -4,6 +4,8 @@ It runs in a thread of the test process. ``mode`` decides how it answers:
 
 - ``ok``: 200 with JSON naming the path, the query and the call number
 - ``status``: the status in ``status`` with a JSON body (404, 503...)
+- ``etag``: the same body for a path (until ``version`` changes) with ``ETag`` and
+  ``Last-Modified``; a request whose ``If-None-Match`` matches gets a 304
 - ``invalid``: 200 with a body that is not JSON
 - ``big``: 200 with ``size`` bytes of valid JSON
 - ``reset``: headers promising a long body, a few bytes, then a closed socket
@@ -27,6 +29,7 @@ most requests it had in hand at once since the last reset.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import threading
 import time
@@ -57,6 +60,10 @@ class FakeUpstream:
         self.status = 200
         #: When set, every request must carry ``Authorization: Bearer <token>`` (else 401).
         self.token = ""
+        #: ``etag`` mode: the body's version (change it to change the body), and
+        #: how many conditional requests were answered 304.
+        self.version = 1
+        self.not_modified = 0
         self.delay = 0.0
         self.size = 0
         self.calls: list[dict[str, object]] = []
@@ -107,6 +114,7 @@ class FakeUpstream:
             self.calls.clear()
             self.max_inflight = self.inflight
         self.mode, self.status, self.delay, self.size, self.token = "ok", 200, 0.0, 0, ""
+        self.version, self.not_modified = 1, 0
 
     def close(self) -> None:
         self.server.shutdown()
@@ -149,6 +157,8 @@ class FakeUpstream:
                 self._send(h, 200, body)
             elif mode == "status":
                 self._send(h, self.status, json.dumps({"error": self.status}).encode())
+            elif mode == "etag":
+                self._send_validated(h, parts)
             elif mode == "invalid":
                 self._send(h, 200, b"<html>not json</html>")
             elif mode == "big":
@@ -222,6 +232,21 @@ class FakeUpstream:
             with self._lock:
                 self._bombs[size] = packed
         return packed
+
+    def _send_validated(self, h: BaseHTTPRequestHandler, parts) -> None:
+        """The same body for a path every time, with validators; 304 when they match."""
+        body = json.dumps({"path": parts.path, "query": parts.query, "version": self.version})
+        tag = '"' + hashlib.sha256(body.encode()).hexdigest()[:16] + '"'
+        validators = [("ETag", tag), ("Last-Modified", "Tue, 01 Dec 2026 10:00:00 GMT")]
+        if h.headers.get("If-None-Match") == tag:
+            with self._lock:
+                self.not_modified += 1
+            h.send_response(304)
+            for name, value in validators:
+                h.send_header(name, value)
+            h.end_headers()
+            return
+        self._send(h, 200, body.encode(), validators)
 
     @staticmethod
     def _send(

@@ -71,6 +71,8 @@ class RedisTier(Tier):
             content_type=m["content_type"],
             fetched_at=int(fetched_ms) / 1000.0,
             params=m.get("params", ""),
+            upstream_etag=m.get("etag", ""),
+            upstream_modified=m.get("modified", ""),
         )
 
     def set(self, entry: Entry, lifetime_ms: int) -> None:
@@ -86,6 +88,8 @@ class RedisTier(Tier):
                 "status": entry.status,
                 "content_type": entry.content_type,
                 "params": entry.params,
+                "etag": entry.upstream_etag,
+                "modified": entry.upstream_modified,
             }
         )
         try:
