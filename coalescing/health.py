@@ -9,11 +9,10 @@ One ``Health`` per backend, fed only by what the backend really did: a
 write that was merely buffered says nothing about the database, so it is
 never counted (it made the log flap, "failing" and "back" once per
 request). With ``split=True`` (the database tier) reads and writes are
-judged apart: a database that
-answers reads but refuses writes (disk full, a lock) is down until its
-writes work again, and its reads are still used meanwhile. The outage
-starts with the first kind that fails and ends when every kind that failed
-has worked again: one line each.
+judged apart: a database that answers reads but refuses writes (disk full,
+a lock) is down until its writes work again, and its reads are still used
+meanwhile. The outage starts with the first kind that fails and ends when
+every kind that failed has worked again: one line each.
 """
 
 from __future__ import annotations
