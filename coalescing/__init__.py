@@ -16,18 +16,27 @@ Errors::
     └── CallFailed             a @coalesced function raised, with no stale value left
 """
 
-from .endpoint import CoalescedEndpoint
-from .errors import BadRequest
-from .functions import CallFailed, coalesced
-from .upstream import (
-    UpstreamBadBody,
-    UpstreamBadStatus,
-    UpstreamError,
-    UpstreamRequest,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The names are loaded on first use, not when the package is imported:
+# ``coalescing.conf`` is imported by settings files, and ``coalescing.gunicorn``
+# by gunicorn's master before its gevent workers patch, and neither must
+# bring in the HTTP client, threads and locks with it.
+_EXPORTS = {
+    "BadRequest": ".errors",
+    "CallFailed": ".functions",
+    "CoalescedEndpoint": ".endpoint",
+    "UpstreamBadBody": ".upstream",
+    "UpstreamBadStatus": ".upstream",
+    "UpstreamError": ".upstream",
+    "UpstreamRequest": ".upstream",
+    "UpstreamTimeout": ".upstream",
+    "UpstreamUnavailable": ".upstream",
+    "coalesced": ".functions",
+}
 __all__ = [
     "BadRequest",
     "CallFailed",
@@ -40,3 +49,26 @@ __all__ = [
     "UpstreamUnavailable",
     "coalesced",
 ]
+assert set(__all__) == set(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .endpoint import CoalescedEndpoint
+    from .errors import BadRequest
+    from .functions import CallFailed, coalesced
+    from .upstream import (
+        UpstreamBadBody,
+        UpstreamBadStatus,
+        UpstreamError,
+        UpstreamRequest,
+        UpstreamTimeout,
+        UpstreamUnavailable,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'coalescing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
