@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,12 +45,45 @@ from .upstream import (
 log = logging.getLogger("coalescing")
 
 NOT_FOUND_BODY = b'{"detail":"Not found"}'
-#: What a flight may answer from a tier instead of calling the upstream: a
-#: foreground load takes stale (and refreshes after), a background refresh
-#: only fresh (another process may have refreshed it), an explicit refresh nothing.
-ACCEPT_STALE = frozenset({State.FRESH, State.STALE})
-ACCEPT_FRESH = frozenset({State.FRESH})
-ACCEPT_NONE: frozenset[State] = frozenset()
+#: Refresh-ahead (XFetch, Vattani et al., VLDB 2015): a hit refreshes a fresh
+#: entry early with probability exp(-(time left) / (BETA x the last call's
+#: duration)). Coalescing makes the first such hit the only one, so at a high
+#: request rate the refresh comes about BETA x duration x ln(rate x duration)
+#: early; never earlier than the last EARLIEST of the window, so that calls
+#: per window stay about one however high the rate.
+XFETCH_BETA = 0.5
+XFETCH_EARLIEST = 0.2
+#: The duration assumed until this process has made a call of the endpoint
+#: (its refreshes may all come from another process, through Redis).
+XFETCH_DEFAULT_S = 0.1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Accept:
+    """What a flight may answer from a tier instead of calling the upstream.
+
+    A foreground load takes stale (and refreshes after), a background
+    refresh only fresh (another process may have refreshed it), an explicit
+    refresh nothing; a refresh ahead of time any fresh entry newer than the
+    one it was started for (another process got there first).
+    """
+
+    states: frozenset[State]
+    newer_than: float | None = None
+
+    def takes(self, entry: Entry, state: State) -> bool:
+        if state in self.states:
+            return True
+        return (
+            self.newer_than is not None
+            and state is State.FRESH
+            and entry.fetched_at > self.newer_than
+        )
+
+
+ACCEPT_STALE = Accept(frozenset({State.FRESH, State.STALE}))
+ACCEPT_FRESH = Accept(frozenset({State.FRESH}))
+ACCEPT_NONE = Accept(frozenset())
 #: How much longer than the upstream budget a waiter waits before giving up.
 WAIT_MARGIN_S = 1.0
 
@@ -70,6 +105,8 @@ class Lookup:
     private: bool = False
     #: What the entry keeps to be made again by a refresh (coalescing.params).
     params: str = ""
+    #: Refresh a key that keeps being asked for shortly before it goes stale.
+    refresh_ahead: bool = False
     #: The source when it is a function (``@coalesced``), not an HTTP upstream:
     #: returns the body and its content type, raises :class:`UpstreamError`.
     call: Callable[[], tuple[bytes, str]] | None = None
@@ -156,6 +193,8 @@ class Coalescer:
         # Waiting for a slot comes out of the waiters' margin, not the upstream's budget.
         self.limit = ConcurrencyLimit(max_concurrency, wait_s=WAIT_MARGIN_S * 0.8)
         self.backoff = FailureBackoff(clock=lambda: self.clock())
+        #: How long the last upstream call of each endpoint took (refresh-ahead).
+        self.call_seconds: dict[str, float] = {}
         #: The cross-process flight (Redis), when there is one.
         self.distributed: Any = None
 
@@ -197,9 +236,12 @@ class Coalescer:
         entry = self.memory.get(lk.key_hash)
         if entry is None:
             return None
-        state = lk.policy.state(entry, self.clock())
+        now = self.clock()
+        state = lk.policy.state(entry, now)
         if state is State.FRESH:
             metrics.labelled(metrics.TIER_HITS, lk.endpoint, "memory").inc()
+            if lk.refresh_ahead and self._due_early(lk, entry, now):
+                self.refresh(lk, Accept(frozenset(), newer_than=entry.fetched_at))
             return Answer(entry, "HIT", "memory", None, lk.policy)
         if state is State.STALE:
             metrics.labelled(metrics.TIER_HITS, lk.endpoint, "memory").inc()
@@ -219,14 +261,25 @@ class Coalescer:
         metrics.WAIT_TIMEOUTS.labels(lk.endpoint).inc()
         return self._give_up(lk)
 
-    def refresh(self, lk: Lookup) -> bool:
+    def refresh(self, lk: Lookup, accept: Accept = ACCEPT_FRESH) -> bool:
         """Start one background refresh of ``lk`` unless a call for it is in flight."""
         if self.flights.in_flight(lk.key_hash):
             return False
-        _, started = self.flights.start(lk.key_hash, lambda: self._load(lk, ACCEPT_FRESH))
+        _, started = self.flights.start(lk.key_hash, lambda: self._load(lk, accept))
         if started:
             metrics.REFRESHES.labels(lk.endpoint).inc()
         return started
+
+    def _due_early(self, lk: Lookup, entry: Entry, now: float) -> bool:
+        """XFetch's draw: whether this hit refreshes the entry before it goes stale."""
+        if entry.negative:
+            return False
+        fresh_s = lk.policy.fresh_ms / 1000.0
+        left = entry.fetched_at + fresh_s - now
+        if left > fresh_s * XFETCH_EARLIEST:
+            return False
+        delta = self.call_seconds.get(lk.endpoint, XFETCH_DEFAULT_S)
+        return -delta * XFETCH_BETA * math.log(1.0 - random.random()) >= left
 
     def refresh_now(self, lk: Lookup) -> Answer:
         """Fetch from the upstream now (joining a call in flight), and wait for it."""
@@ -301,7 +354,7 @@ class Coalescer:
 
     # -- inside the flight ---------------------------------------------------
 
-    def _load(self, lk: Lookup, accept: frozenset[State]) -> Outcome:
+    def _load(self, lk: Lookup, accept: Accept) -> Outcome:
         try:
             return self._load_inner(lk, accept)
         except Exception:
@@ -312,7 +365,7 @@ class Coalescer:
         finally:
             _close_thread_connections()
 
-    def _load_inner(self, lk: Lookup, accept: frozenset[State]) -> Outcome:
+    def _load_inner(self, lk: Lookup, accept: Accept) -> Outcome:
         now = self.clock()
         best: Entry | None = None
         best_source, best_index = "", 0
@@ -325,7 +378,7 @@ class Coalescer:
             state = lk.policy.state(entry, now)
             if state is State.DEAD:
                 continue
-            if state in accept:
+            if accept.takes(entry, state):
                 metrics.TIER_HITS.labels(lk.endpoint, guard.tier.name).inc()
                 self._write(lk, entry, self.tiers[:index])
                 return Outcome(entry, guard.tier.name)
@@ -425,9 +478,9 @@ class Coalescer:
             raise UpstreamBadBody(f"upstream body refused: {exc}", 200) from exc
         return response.status, response.body, lk.content_type
 
-    @staticmethod
-    def _record_call(lk: Lookup, started: float, status: str) -> None:
+    def _record_call(self, lk: Lookup, started: float, status: str) -> None:
         elapsed = time.monotonic() - started
+        self.call_seconds[lk.endpoint] = elapsed  # XFetch's delta: the last call's duration
         metrics.UPSTREAM_CALLS.labels(lk.endpoint, status).inc()
         metrics.UPSTREAM_LATENCY.labels(lk.endpoint).observe(elapsed)
         log.info(

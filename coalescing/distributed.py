@@ -16,8 +16,8 @@ from collections.abc import Callable
 import redis
 
 from . import metrics
-from .coalescer import Lookup, Outcome
-from .entry import Entry, State
+from .coalescer import Accept, Lookup, Outcome
+from .entry import Entry
 from .health import Health
 from .lease import Leases, Notifier
 from .protection import UpstreamOverloaded
@@ -47,7 +47,7 @@ class DistributedFlight:
     def run(
         self,
         lk: Lookup,
-        accept: frozenset[State],
+        accept: Accept,
         lead: Callable[[], Outcome],
         fallback: Entry | None,
         fallback_source: str,
@@ -73,7 +73,7 @@ class DistributedFlight:
             entry = self.tier.get(lk.key_hash, lk.name)
             if entry is None:
                 return None
-            if lk.policy.state(entry, now()) in accept or entry.fetched_at >= started:
+            if accept.takes(entry, lk.policy.state(entry, now())) or entry.fetched_at >= started:
                 return entry
             return None
 

@@ -69,6 +69,9 @@ class CoalescedEndpoint(Generic[P]):
     #: Answers no shared cache may keep (``Cache-Control: private``); every
     #: endpoint with :meth:`vary` is private too.
     private: ClassVar[bool] = False
+    #: Refresh a key that keeps being asked for shortly before it goes stale
+    #: (probabilistic early expiry), so that steady traffic never sees STALE.
+    refresh_ahead: ClassVar[bool] = False
     summary: ClassVar[str] = ""
     #: Whether the subclass has a :meth:`vary` of its own (set per class).
     _varies: ClassVar[bool] = False
@@ -154,6 +157,7 @@ class CoalescedEndpoint(Generic[P]):
             validate_body=self.validate_body,
             private=self.private or self._varies,
             params=stored_params(query, varied),
+            refresh_ahead=self.refresh_ahead,
         )
 
     def lookup_stored(self, params: str) -> Lookup:

@@ -68,6 +68,7 @@ class ProductEndpoint(CoalescedEndpoint[ProductQuery]):
     path = "/products"
     summary = "A product by id, with some or all of its fields (coalesced and cached)"
     params_schema = ProductQuery
+    refresh_ahead = True
 
     def coalescing_name(self, params: ProductQuery) -> str:
         return params.productId
@@ -93,6 +94,7 @@ class PriceEndpoint(CoalescedEndpoint[PriceQuery]):
     path = "/prices"
     summary = "The price of a product in a region (coalesced by region)"
     params_schema = PriceQuery
+    refresh_ahead = True
 
     def coalescing_name(self, params: PriceQuery) -> str:
         return params.region
