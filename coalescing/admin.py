@@ -160,14 +160,14 @@ class CacheEntryAdmin(admin.ModelAdmin):
     list_display = ("short_key", "endpoint", "name", "status", "state", "age", "size", "fetched")
     list_display_links = ("short_key",)
     list_filter = (EndpointFilter, StateFilter)
-    search_fields = ("=key_hash", "=name", "key")
+    search_fields = ("=key_hash", "=name", "key", "tags")
     search_help_text = "A key hash (from the logs), a single-flight name, or part of a key."
     ordering = ("-fetched_at_ms",)
     list_per_page = 100
     paginator = CappedCountPaginator
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
-    actions = ("refresh_now", "delete_entries")
+    actions = ("refresh_now", "soft_purge_tags", "delete_entries")
     fields = (
         "key",
         "key_hash",
@@ -180,6 +180,7 @@ class CacheEntryAdmin(admin.ModelAdmin):
         "size",
         "content_type",
         "params",
+        "tags",
         "pretty_body",
     )
     readonly_fields = fields
@@ -305,6 +306,22 @@ class CacheEntryAdmin(admin.ModelAdmin):
         if failures:
             shown = "; ".join(failures[:5]) + (" ..." if len(failures) > 5 else "")
             self.message_user(request, f"{len(failures)} not refreshed: {shown}", messages.ERROR)
+
+    @admin.action(description="Mark stale everywhere, by their tags", permissions=["change"])
+    def soft_purge_tags(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Every entry sharing a tag with the selected ones is marked stale (soft purge)."""
+        tags = sorted(
+            {
+                t
+                for tags in queryset.values_list("tags", flat=True)[:REFRESH_LIMIT]
+                for t in tags.split()
+            }
+        )
+        if not tags:
+            self.message_user(request, "The selected entries have no tags.", messages.WARNING)
+            return
+        counts = ", ".join(f"{tag}: {operations.invalidate_tag(tag, soft=True)}" for tag in tags)
+        self.message_user(request, f"Marked stale, by tag: {counts}.", messages.SUCCESS)
 
     @admin.action(description="Delete from every tier", permissions=["delete"])
     def delete_entries(self, request: HttpRequest, queryset: QuerySet) -> None:

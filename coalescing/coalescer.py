@@ -107,6 +107,8 @@ class Lookup:
     params: str = ""
     #: Refresh a key that keeps being asked for shortly before it goes stale.
     refresh_ahead: bool = False
+    #: The entry's labels for invalidation by tag.
+    tags: tuple[str, ...] = ()
     #: The source when it is a function (``@coalesced``), not an HTTP upstream:
     #: returns the body and its content type, raises :class:`UpstreamError`.
     call: Callable[[], tuple[bytes, str]] | None = None
@@ -308,6 +310,54 @@ class Coalescer:
         if self.distributed is not None:
             self.distributed.evict_everywhere(key_hash, name)
 
+    def invalidate_tag(self, tag: str, policy_of: Callable[[str], Policy], *, soft: bool) -> int:
+        """Every entry labelled ``tag``, in every tier and process: marked stale
+        (``soft``: served while one refresh each runs, no cold stampede) or
+        removed. Returns how many keys it found.
+
+        ``policy_of(endpoint)`` gives each entry's windows: marked stale is
+        aged to the end of its fresh window, the body kept.
+        """
+        self.flush()  # a buffered write would bring back what is purged
+        found: dict[str, tuple[str, str]] = {}  # key hash -> (name, endpoint)
+        for guard in self.tiers:
+            for key_hash, name, endpoint in (
+                guard.call("get", lambda t=guard.tier: t.tagged(tag)) or ()
+            ):
+                found.setdefault(key_hash, (name, endpoint))
+        self._apply_tag(self.tiers, found, policy_of, soft)
+        if self.distributed is not None:
+            self.distributed.purge_tag_everywhere(tag, soft)
+        return len(found)
+
+    def purge_tag_in_memory(
+        self, tag: str, policy_of: Callable[[str], Policy], *, soft: bool
+    ) -> None:
+        """This process's share of another process's :meth:`invalidate_tag`."""
+        found = {e.key_hash: (e.name, e.endpoint) for e in self.memory.with_tag(tag)}
+        self._apply_tag(self.tiers[:1], found, policy_of, soft)
+
+    def _apply_tag(
+        self,
+        guards: Sequence[TierGuard],
+        found: dict[str, tuple[str, str]],
+        policy_of: Callable[[str], Policy],
+        soft: bool,
+    ) -> None:
+        now = self.clock()
+        by_cutoff: dict[float, list[tuple[str, str]]] = {}
+        for key_hash, (name, endpoint) in found.items():
+            cutoff = policy_of(endpoint).stale_since(now) if soft else 0.0
+            by_cutoff.setdefault(cutoff, []).append((key_hash, name))
+        # Slowest tier first: a refresh started by a marked memory entry must
+        # find the lower tiers marked too, or it would bring the old value back.
+        for guard in reversed(guards):
+            for cutoff, keys in by_cutoff.items():
+                if soft:
+                    guard.call("set", lambda t=guard.tier, k=keys, c=cutoff: t.age_to(k, c))
+                else:
+                    guard.call("delete", lambda t=guard.tier, k=keys: t.delete_many(k))
+
     def flush(self) -> None:
         """Write out buffered tier writes (graceful stop, tests)."""
         for guard in self.tiers:
@@ -460,6 +510,7 @@ class Coalescer:
             params=lk.params,
             upstream_etag=etag,
             upstream_modified=modified,
+            tags=lk.tags,
         )
         return entry, renewed
 

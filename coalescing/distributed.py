@@ -131,6 +131,15 @@ class DistributedFlight:
             self.health.failed("lease", exc)
         return outcome
 
+    def purge_tag_everywhere(self, tag: str, soft: bool) -> None:
+        """Tell every other process to mark (``soft``) or drop its entries of ``tag``."""
+        if not self.health.available():
+            return
+        try:
+            self.notifier.publish("tag", tag, "soft" if soft else "hard")
+        except redis.RedisError as exc:
+            self.health.failed("publish", exc)
+
     def evict_everywhere(self, key_hash: str, name: str) -> None:
         """Tell every other process to drop ``key_hash`` from its memory tier."""
         if not self.health.available():

@@ -18,6 +18,7 @@ import json
 import re
 import threading
 import warnings
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from django.http import HttpRequest, HttpResponse
@@ -25,7 +26,7 @@ from django.http import HttpRequest, HttpResponse
 from . import asgi, metrics, registry
 from .coalescer import Answer, Lookup
 from .conf import get_settings
-from .entry import Policy, make_key
+from .entry import Policy, check_tags, make_key
 from .errors import BadRequest
 from .params import (
     QueryLists,
@@ -102,6 +103,10 @@ class CoalescedEndpoint(Generic[P]):
     def coalescing_name(self, params: P) -> str:
         raise NotImplementedError
 
+    def tags(self, params: P) -> Iterable[str]:
+        """Labels for invalidation (``operations.invalidate_tag``); by default none."""
+        return ()
+
     def cache_key(self, params: P) -> str:
         raise NotImplementedError
 
@@ -158,6 +163,7 @@ class CoalescedEndpoint(Generic[P]):
             private=self.private or self._varies,
             params=stored_params(query, varied),
             refresh_ahead=self.refresh_ahead,
+            tags=check_tags(self.tags(params)),
         )
 
     def lookup_stored(self, params: str) -> Lookup:

@@ -6,6 +6,8 @@ import dataclasses
 import enum
 import hashlib
 import math
+import re
+from collections.abc import Iterable
 
 #: A fixed cost per entry on top of its bytes and strings: the Entry object,
 #: the headers of its bytes and str objects (the ETag's included), the LRU's
@@ -45,6 +47,8 @@ class Entry:
     #: (``If-None-Match``, ``If-Modified-Since``): a 304 renews the entry.
     upstream_etag: str = ""
     upstream_modified: str = ""
+    #: Labels for invalidation by tag (``CoalescedEndpoint.tags``).
+    tags: tuple[str, ...] = ()
     #: The HTTP validator of the answer (:func:`body_etag`). Computed once per
     #: object, when it is fetched or decoded by a tier, never per hit: the
     #: memory tier keeps the object. Not stored by any tier (it is derived).
@@ -56,7 +60,7 @@ class Entry:
     @property
     def size(self) -> int:
         texts = (self.key, self.key_hash, self.name, self.params, self.upstream_etag)
-        text = sum(map(len, texts)) + len(self.upstream_modified)
+        text = sum(map(len, texts)) + len(self.upstream_modified) + sum(map(len, self.tags))
         return len(self.body) + text + len(self.etag) + ENTRY_OVERHEAD_BYTES
 
     @property
@@ -102,6 +106,10 @@ class Policy:
             return self.negative_ms
         return max(self.stale_ms, self.stale_if_error_ms)
 
+    def stale_since(self, now: float) -> float:
+        """The fetch time of an entry that has just gone stale at ``now`` (soft purge)."""
+        return round(now - self.fresh_ms / 1000.0 - 0.001, 3)
+
     def ttl_seconds(self, entry: Entry, now: float) -> int:
         """RFC 9211 ``ttl``: remaining freshness, negative once stale."""
         limit = self.negative_ms if entry.negative else self.fresh_ms
@@ -114,3 +122,16 @@ def make_key(endpoint: str, cache_key: str) -> tuple[str, str]:
     if len(readable) > MAX_KEY_LENGTH:
         raise ValueError(f"cache key of {endpoint!r} is longer than {MAX_KEY_LENGTH} characters")
     return readable, hashlib.blake2b(readable.encode(), digest_size=16).hexdigest()
+
+
+#: What a tag may be: it is stored space-separated and in Redis key names.
+TAG_PATTERN = re.compile(r"[A-Za-z0-9_.:@/-]{1,128}")
+
+
+def check_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    """The tags, sorted and unique; ``ValueError`` for one that is not a tag."""
+    out = tuple(sorted(set(tags)))
+    for tag in out:
+        if not isinstance(tag, str) or not TAG_PATTERN.fullmatch(tag):
+            raise ValueError(f"a tag is 1 to 128 of A-Z a-z 0-9 _ . : @ / -, got {tag!r}")
+    return out

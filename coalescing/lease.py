@@ -94,7 +94,7 @@ class Waiter:
 
 
 class Notifier:
-    """Publishes and receives ``done``, ``fail`` and ``evict`` messages."""
+    """Publishes and receives ``done``, ``fail``, ``evict`` and ``tag`` messages."""
 
     def __init__(
         self,
@@ -102,11 +102,13 @@ class Notifier:
         listen_client: redis.Redis,
         channel: str,
         on_evict: Callable[[str, str], None],
+        on_tag: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.client = client
         self.listen_client = listen_client
         self.channel = channel
         self.on_evict = on_evict
+        self.on_tag = on_tag
         self.sender = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._lock = threading.Lock()  # guards _waiters
         self._waiters: dict[str, set[Waiter]] = {}
@@ -181,6 +183,10 @@ class Notifier:
         if kind == "evict":
             if sender != self.sender:
                 self.on_evict(key_hash, parts[3] if len(parts) > 3 else "")
+            return
+        if kind == "tag":  # ``tag <tag> <sender> soft|hard``
+            if sender != self.sender and self.on_tag is not None:
+                self.on_tag(key_hash, len(parts) > 3 and parts[3] == "soft")
             return
         with self._lock:
             waiters = list(self._waiters.get(key_hash, ()))

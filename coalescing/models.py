@@ -119,7 +119,14 @@ _ENTRY_COLUMNS = (
     "params",
     "upstream_etag",
     "upstream_modified",
+    "tags",
 )
+
+
+def stored_tags(tags: Iterable[str]) -> str:
+    """Tags as the column holds them: space-separated, with a space at each end,
+    so that ``contains " tag "`` matches a whole tag only."""
+    return f" {' '.join(tags)} " if tags else ""
 
 
 class CacheEntryQuerySet(models.QuerySet["CacheEntry"]):
@@ -141,21 +148,20 @@ class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # ty
         rows = list(found.values_list(*_ENTRY_COLUMNS[1:])[:1])
         if not rows:
             return None
-        key, endpoint, name, status, body, content_type, fetched_at_ms, params, etag, modified = (
-            rows[0]
-        )
+        row = dict(zip(_ENTRY_COLUMNS[1:], rows[0], strict=True))
         return Entry(
             key_hash=key_hash,
-            key=key,
-            endpoint=endpoint,
-            name=name,
-            status=status,
-            body=bytes(body),
-            content_type=content_type,
-            fetched_at=fetched_at_ms / 1000.0,
-            params=params,
-            upstream_etag=etag,
-            upstream_modified=modified,
+            key=row["key"],
+            endpoint=row["endpoint"],
+            name=row["name"],
+            status=row["status"],
+            body=bytes(row["body"]),
+            content_type=row["content_type"],
+            fetched_at=row["fetched_at_ms"] / 1000.0,
+            params=row["params"],
+            upstream_etag=row["upstream_etag"],
+            upstream_modified=row["upstream_modified"],
+            tags=tuple(row["tags"].split()),
         )
 
     def upsert_many(self, entries: Iterable[Entry], using: str = "default") -> None:
@@ -194,10 +200,40 @@ class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # ty
                 e.params,
                 e.upstream_etag,
                 e.upstream_modified,
+                stored_tags(e.tags),
                 len(e.body),
             ]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
+
+    def tagged(self, tag: str, using: str = "default") -> list[tuple[str, str, str]]:
+        """``(key hash, name, endpoint)`` of the rows labelled ``tag``.
+
+        A scan of the column (invalidation by tag is rare), checked here
+        again because SQLite's ``LIKE`` ignores case.
+        """
+        rows = self.using(using).filter(tags__contains=f" {tag} ")
+        found = rows.values_list("key_hash", "name", "endpoint", "tags")
+        return [(k, n, e) for k, n, e, tags in found.iterator() if tag in tags.split()]
+
+    def age_to(self, keys: Iterable[str], fetched_at_ms: int, using: str = "default") -> int:
+        """Make these rows no younger than ``fetched_at_ms`` (soft purge); how many changed."""
+        aged, keys = 0, list(keys)
+        for start in range(0, len(keys), 500):
+            batch = keys[start : start + 500]
+            aged += (
+                self.using(using)
+                .filter(key_hash__in=batch, fetched_at_ms__gt=fetched_at_ms)
+                .update(fetched_at_ms=fetched_at_ms)
+            )
+        return aged
+
+    def delete_keys(self, keys: Iterable[str], using: str = "default") -> int:
+        deleted, keys = 0, list(keys)
+        for start in range(0, len(keys), 500):
+            count, _ = self.using(using).filter(key_hash__in=keys[start : start + 500]).delete()
+            deleted += count
+        return deleted
 
     def delete_key(self, key_hash: str, using: str = "default") -> int:
         deleted, _ = self.using(using).filter(key_hash=key_hash).delete()
@@ -408,6 +444,7 @@ class CacheEntry(models.Model):
     )
     upstream_etag = models.CharField(max_length=256, blank=True, default="")
     upstream_modified = models.CharField(max_length=256, blank=True, default="")
+    tags = models.TextField(blank=True, default="", help_text="labels for invalidation")
 
     objects = CacheEntryManager()
 

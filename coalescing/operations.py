@@ -6,7 +6,9 @@ By endpoint and parameters, as a client would ask::
     operations.invalidate("products", productId="SKU123", fields="name,price")
     operations.refresh("products", productId="SKU123")
 
-or by the stored key hash (what the admin has). Invalidation removes the
+by tag (``operations.invalidate_tag("product:SKU123")``: soft, marked stale
+everywhere; ``soft=False``: removed), or by the stored key hash (what the
+admin has). Invalidation removes the
 entry from every tier of this process, and from the memory tier of every
 process that shares the Redis.
 """
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 
 from . import registry
 from .coalescer import Answer, Lookup
+from .entry import check_tags
 from .errors import BadRequest
 from .runtime import get_coalescer
 
@@ -40,6 +43,19 @@ def invalidate(endpoint: str, **params: str | Sequence[str]) -> str:
 def refresh(endpoint: str, **params: str | Sequence[str]) -> Answer:
     """Call the upstream now for these parameters (coalesced) and store the answer."""
     return get_coalescer().refresh_now(_lookup(endpoint, params))
+
+
+def invalidate_tag(tag: str, soft: bool = True) -> int:
+    """Every entry labelled ``tag``, in every tier and process; how many keys.
+
+    ``soft`` (the default) marks them stale: each is served while one refresh
+    runs, so a popular tag is not followed by a cold stampede (Fastly's soft
+    purge). ``soft=False`` removes them.
+    """
+    from .models import endpoint_policy
+
+    check_tags([tag])
+    return get_coalescer().invalidate_tag(tag, endpoint_policy, soft=soft)
 
 
 def invalidate_key(key_hash: str, name: str | None = None) -> None:

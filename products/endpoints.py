@@ -73,6 +73,9 @@ class ProductEndpoint(CoalescedEndpoint[ProductQuery]):
     def coalescing_name(self, params: ProductQuery) -> str:
         return params.productId
 
+    def tags(self, params: ProductQuery) -> list[str]:
+        return [f"product:{params.productId}"]  # every fields variant of a product
+
     def cache_key(self, params: ProductQuery) -> str:
         return f"{params.productId}::{','.join(field_set(params.fields)) or '*'}"
 
@@ -98,6 +101,9 @@ class PriceEndpoint(CoalescedEndpoint[PriceQuery]):
 
     def coalescing_name(self, params: PriceQuery) -> str:
         return params.region
+
+    def tags(self, params: PriceQuery) -> list[str]:
+        return [f"product:{params.productId}", f"region:{params.region}"]
 
     def cache_key(self, params: PriceQuery) -> str:
         return f"{params.region}::{params.productId}"

@@ -160,7 +160,9 @@ def test_an_endpoints_own_windows_apply_to_its_rows(db_alias, monkeypatch):
 
 def test_an_unknown_endpoint_is_an_error_naming_the_known_ones(db_alias):
     seed(db_alias)
-    with pytest.raises(CommandError, match=r"unknown endpoint 'nope' \(known: prices, products\)"):
+    # The example's names, among the others the suite defines (stock, rates, test functions).
+    known = r"unknown endpoint 'nope' \(known: [^)]*prices, products"
+    with pytest.raises(CommandError, match=known):
         purge(db_alias, "--endpoint", "nope")
     assert CacheEntry.objects.using(db_alias).count() == 13
 

@@ -34,6 +34,21 @@ class Tier(abc.ABC):
     @abc.abstractmethod
     def delete(self, key_hash: str, name: str = "") -> None: ...
 
+    # -- by tag: what a tier that keeps tags does (soft and hard purge) ------
+
+    def tagged(self, tag: str) -> list[tuple[str, str, str]]:
+        """``(key hash, name, endpoint)`` of the entries labelled ``tag``."""
+        return []
+
+    def age_to(self, keys: list[tuple[str, str]], fetched_at: float) -> int:
+        """Make these ``(key hash, name)`` entries no younger than ``fetched_at``."""
+        return 0
+
+    def delete_many(self, keys: list[tuple[str, str]]) -> int:
+        for key_hash, name in keys:
+            self.delete(key_hash, name)
+        return len(keys)
+
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Write out anything buffered (on shutdown and in tests)."""
 

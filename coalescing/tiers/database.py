@@ -49,9 +49,9 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from django.db import close_old_connections, connections
 from django.db.utils import Error as DatabaseError
@@ -62,6 +62,8 @@ from ..health import Health
 from ..models import CacheEntry, give_space_back
 from .base import Tier, TierError
 from .readers import Job, Readers, ReadersBusy, ReadTimeout, os_lock
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from ..conf import CoalescingSettings
@@ -220,6 +222,58 @@ class DatabaseTier(Tier):
                 CacheEntry.objects.delete_key(key_hash, using=self.using)
         finally:
             self._forget_queries()
+
+    # -- by tag (an operator's action: on the writer, bounded) ---------------
+
+    def tagged(self, tag: str) -> list[tuple[str, str, str]]:
+        """``(key hash, name, endpoint)`` of the rows labelled ``tag``."""
+        return self._on_writer(lambda: CacheEntry.objects.tagged(tag, using=self.using), "read")
+
+    def age_to(self, keys: list[tuple[str, str]], fetched_at: float) -> int:
+        """Make these rows no younger than ``fetched_at`` (soft purge)."""
+        ms, hashes = round(fetched_at * 1000), self._unbuffered(keys)
+        return self._on_writer(
+            lambda: CacheEntry.objects.age_to(hashes, ms, using=self.using), "write"
+        )
+
+    def delete_many(self, keys: list[tuple[str, str]]) -> int:
+        hashes = self._unbuffered(keys)
+        return self._on_writer(
+            lambda: CacheEntry.objects.delete_keys(hashes, using=self.using), "delete"
+        )
+
+    def _unbuffered(self, keys: list[tuple[str, str]]) -> list[str]:
+        """The key hashes, dropped from the buffer (a buffered write would undo the purge)."""
+        with self._lock:
+            for key_hash, _ in keys:
+                self._drop_buffered(key_hash)
+        return [key_hash for key_hash, _ in keys]
+
+    def _on_writer(self, fn: Callable[[], T], op: str) -> T:
+        """``fn()`` in turn with the writes (or on the caller's open transaction)."""
+        if self._caller_in_transaction():
+            try:
+                return fn()
+            except DatabaseError as exc:
+                raise TierError(f"database {op} failed: {exc}") from exc
+
+        def bounded() -> T:
+            try:
+                with self._bounded(self.write_bound, op):
+                    return fn()
+            finally:
+                self._forget_queries()
+
+        try:
+            job = self._writes.submit(bounded)
+        except ReadersBusy as exc:
+            raise TierError(str(exc)) from None
+        if not job.wait(self.write_bound):
+            raise TierError(f"database {op} took longer than {self.write_bound:.2f}s")
+        try:
+            return job.outcome()
+        except DatabaseError as exc:
+            raise TierError(f"database {op} failed: {exc}") from exc
 
     @property
     def pending(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 
@@ -40,6 +41,25 @@ class MemoryTier(Tier):
             while self._bytes > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= evicted.size
+
+    def with_tag(self, tag: str) -> list[Entry]:
+        """The entries labelled ``tag`` (a scan: tag invalidation is rare)."""
+        with self._lock:
+            return [e for e in self._entries.values() if tag in e.tags]
+
+    def tagged(self, tag: str) -> list[tuple[str, str, str]]:
+        return [(e.key_hash, e.name, e.endpoint) for e in self.with_tag(tag)]
+
+    def age_to(self, keys: list[tuple[str, str]], fetched_at: float) -> int:
+        aged = 0
+        with self._lock:
+            for key_hash, _ in keys:
+                old = self._entries.get(key_hash)
+                if old is not None and old.fetched_at > fetched_at:
+                    # Older than what is held, on purpose: writes are monotonic elsewhere.
+                    self._entries[key_hash] = dataclasses.replace(old, fetched_at=fetched_at)
+                    aged += 1
+        return aged
 
     def delete(self, key_hash: str, name: str = "") -> None:
         with self._lock:

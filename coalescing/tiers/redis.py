@@ -30,6 +30,24 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
+# KEYS[1] a tag's set; ARGV: member, ttl ms. The set lives as long as its
+# longest-lived entry (an older entry written later must not shorten it).
+_TAG = """
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+# KEYS[1] entry key; ARGV[1] fetched_at ms: make the entry no younger than that.
+_AGE_TO = """
+local current = redis.call('HGET', KEYS[1], 'f')
+if not current or tonumber(current) <= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'f', ARGV[1])
+return 1
+"""
+
 
 def tag(name: str) -> str:
     if not _SAFE_TAG.fullmatch(name):
@@ -44,9 +62,15 @@ class RedisTier(Tier):
         self.client = client
         self.prefix = prefix
         self._set = client.register_script(_MONOTONIC_SET)
+        self._age_to = client.register_script(_AGE_TO)
+        self._tag = client.register_script(_TAG)
 
     def entry_key(self, key_hash: str, name: str) -> str:
         return f"{self.prefix}:{tag(name)}:e:{key_hash}"
+
+    def tag_key(self, label: str) -> str:
+        """The set of the entries labelled ``label``: ``[key hash, name, endpoint]`` members."""
+        return f"{self.prefix}:tag:{label}"
 
     def lease_key(self, key_hash: str, name: str) -> str:
         return f"{self.prefix}:{tag(name)}:lease:{key_hash}"
@@ -67,6 +91,7 @@ class RedisTier(Tier):
             endpoint=m["endpoint"],
             name=m["name"],
             status=m["status"],
+            tags=tuple(m.get("tags", ())),
             body=body,
             content_type=m["content_type"],
             fetched_at=int(fetched_ms) / 1000.0,
@@ -90,6 +115,7 @@ class RedisTier(Tier):
                 "params": entry.params,
                 "etag": entry.upstream_etag,
                 "modified": entry.upstream_modified,
+                "tags": entry.tags,
             }
         )
         try:
@@ -97,8 +123,39 @@ class RedisTier(Tier):
                 keys=[self.entry_key(entry.key_hash, entry.name)],
                 args=[fetched_ms, meta, entry.body, ttl_ms],
             )
+            member = json.dumps([entry.key_hash, entry.name, entry.endpoint])
+            for label in entry.tags:
+                # Members whose entry has expired are skipped when the tag is purged.
+                self._tag(keys=[self.tag_key(label)], args=[member, ttl_ms])
         except redis.RedisError as exc:
             raise TierError(f"redis write failed: {exc}") from exc
+
+    def tagged(self, label: str) -> list[tuple[str, str, str]]:
+        """``(key hash, name, endpoint)`` of the entries labelled ``label``."""
+        try:
+            members = self.client.smembers(self.tag_key(label))
+        except redis.RedisError as exc:
+            raise TierError(f"redis read failed: {exc}") from exc
+        return [tuple(json.loads(member)) for member in members]
+
+    def age_to(self, keys: list[tuple[str, str]], fetched_at: float) -> int:
+        ms = round(fetched_at * 1000)
+        try:
+            return sum(
+                self._age_to(keys=[self.entry_key(key_hash, name)], args=[ms])
+                for key_hash, name in keys
+            )
+        except redis.RedisError as exc:
+            raise TierError(f"redis write failed: {exc}") from exc
+
+    def delete_many(self, keys: list[tuple[str, str]]) -> int:
+        try:
+            for start in range(0, len(keys), 500):
+                batch = keys[start : start + 500]
+                self.client.delete(*(self.entry_key(k, n) for k, n in batch))
+        except redis.RedisError as exc:
+            raise TierError(f"redis delete failed: {exc}") from exc
+        return len(keys)
 
     def delete(self, key_hash: str, name: str = "") -> None:
         try:
