@@ -2,7 +2,9 @@
 
 Each is a URL module selected by ``BENCH_PEER`` in :mod:`bench.peers.settings`,
 which starts from the project's own settings (same middleware, same
-``DEBUG``), and is served exactly like our server: ``manage.py serve`` (one
-gevent process) or ``gunicorn -k gevent``. ``nginx.conf`` is the odd one out:
-nginx's own proxy cache in front of the same upstream.
+``DEBUG``; the ``bare`` peers have none), and is served like our server:
+``manage.py serve`` (one gevent process) or ``gunicorn -k gevent``, with
+Django's own WSGI application (:mod:`.wsgi`); ``bare_asgi`` under uvicorn with
+Django's own ASGI application (:mod:`.asgi`). ``nginx.conf`` is the odd one
+out: nginx's own proxy cache in front of the same upstream.
 """
