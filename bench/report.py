@@ -17,7 +17,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 ANALYSIS = ROOT / "bench" / "analysis.md"
-ORDER = ("ours", "bare", "naive", "cache_page", "dogpile", "nginx")
+ORDER = ("ours", "bare", "naive", "cache_page", "dogpile", "nginx", "ours_asgi", "bare_asgi")
 COLORS = {
     "ours": "#1f77b4",
     "bare": "#7f7f7f",
@@ -25,7 +25,13 @@ COLORS = {
     "cache_page": "#ff7f0e",
     "dogpile": "#2ca02c",
     "nginx": "#9467bd",
+    "ours_asgi": "#17becf",
+    "bare_asgi": "#c7c7c7",
 }
+#: The bare endpoint that a target's hits are measured against: the one under the same server.
+BARE_OF = {"ours_asgi": "bare_asgi", "bare_asgi": "bare_asgi"}
+#: Marks a figure kept from an earlier run (bench.merge) rather than measured in this one.
+CARRIED = "†"
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -45,6 +51,28 @@ def ordered(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
 
 
+def names_in(section: dict[str, Any]) -> list[str]:
+    """The targets of a workload's section (not its other keys, such as ``from_run``)."""
+    return ordered([n for n, v in section.items() if isinstance(v, dict) and "median" in v])
+
+
+def label(section: dict[str, Any], name: str) -> str:
+    """A target's name in a table, marked when its figures come from an earlier run."""
+    return name + (CARRIED if section[name].get("from_run") else "")
+
+
+def carried_line(section: dict[str, Any]) -> list[str]:
+    """Under a workload's heading: which run its figures come from, if not this one."""
+    if not section.get("from_run"):
+        return []
+    return [f"*Not measured in this run: the figures of the run of {section['from_run']}.*", ""]
+
+
+def plan_for(res: dict[str, Any], workload: str) -> dict[str, Any]:
+    """The plan a workload ran with: its own if it was kept from an earlier run."""
+    return res["workloads"].get(workload, {}).get("plan") or res["plan"]
+
+
 def med(section: dict[str, Any] | None, name: str, key: str) -> Any:
     if not section or name not in section:
         return None
@@ -60,8 +88,10 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     latency = plan["latency_ms"]
     rows: list[dict[str, Any]] = []
 
-    def row(workload: str, goal: str, figure: str, met: bool | None) -> None:
-        rows.append({"workload": workload, "goal": goal, "figure": figure, "met": met})
+    def row(workload: str, goal: str, figure: str, met: bool | None, issue: int = 5) -> None:
+        rows.append(
+            {"issue": issue, "workload": workload, "goal": goal, "figure": figure, "met": met}
+        )
 
     w1 = w.get("W1", {})
     for setup, label in (("single", "one process"), ("multi", "3 gunicorn workers + serve")):
@@ -80,6 +110,7 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     w2 = w.get("W2", {})
     calls = med(w2.get("expiry"), "ours", "calls")
     if calls is not None:
+        plan = plan_for(res, "W2")
         bound = plan["w2_duration"] / 1.0 + 1
         row(
             "W2",
@@ -100,6 +131,14 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     if w3.get("ratio_median") is not None:
         ratio = w3["ratio_median"]
         row("W3", "≥ 0.9× bare req/s (median of pairs)", f"{ratio:.2f}×", ratio >= 0.9)
+        row(
+            "W3",
+            "a hit with the full middleware stack ≥ 1.0× bare with none (median of pairs)",
+            f"{ratio:.2f}×",
+            ratio >= 1.0,
+            issue=13,
+        )
+    rows += asgi_goals(w)
     w4 = w.get("W4")
     if w4:
         bound = w4["budget_mib"] * 1.25
@@ -128,6 +167,34 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def asgi_goals(w: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 10's figures under uvicorn: one call for a stampede, hits beside bare_asgi."""
+    rows = []
+    calls = med(w.get("W1", {}).get("single"), "ours_asgi", "calls")
+    if calls is not None:
+        rows.append(
+            {
+                "issue": 10,
+                "workload": "W1",
+                "goal": "exactly 1 upstream call (uvicorn, one process)",
+                "figure": f"{fmt(calls, 0)} calls",
+                "met": calls == 1,
+            }
+        )
+    ratio = w.get("W3", {}).get("pairs", {}).get("ours_asgi/bare_asgi", {}).get("median")
+    if ratio is not None:
+        rows.append(
+            {
+                "issue": 10,
+                "workload": "W3",
+                "goal": "a hit under uvicorn vs bare_asgi (issue 13's bar: ≥ 1.0×)",
+                "figure": f"{ratio:.2f}×",
+                "met": ratio >= 1.0,
+            }
+        )
+    return rows
+
+
 # -- tables -------------------------------------------------------------------
 
 
@@ -144,8 +211,8 @@ def w1_table(w1: dict[str, Any], setup: str) -> str:
         m = section[name]["median"]
         rows.append(
             [
-                name,
-                fmt(m["calls"], 0) if name != "bare" else "(none)",
+                label(section, name),
+                fmt(m["calls"], 0) if name not in BARE_OF.values() and name != "bare" else "(none)",
                 fmt(m.get("call_start_ms")),
                 fmt(m["p50_ms"]),
                 fmt(m["p99_ms"]),
@@ -175,7 +242,7 @@ def w2_table(w2: dict[str, Any]) -> str:
         wp99 = med(warm, name, "p99_ms")
         rows.append(
             [
-                name,
+                label(expiry if name in expiry else warm, name),
                 fmt(med(expiry, name, "calls"), 0),
                 fmt(med(expiry, name, "p50_ms"), 2),
                 fmt(p99, 2),
@@ -202,13 +269,18 @@ def w2_table(w2: dict[str, Any]) -> str:
 
 def w3_table(w3: dict[str, Any]) -> str:
     targets = w3.get("targets", {})
-    bare = med(targets, "bare", "rps")
     rows = []
     for name in ordered(targets):
         rps = med(targets, name, "rps")
+        bare_name = BARE_OF.get(name, "bare")
+        bare = med(targets, bare_name, "rps")
+        if bare_name in targets and (
+            targets[name].get("from_run") != targets[bare_name].get("from_run")
+        ):
+            bare = None  # not measured in the same run: no ratio
         rows.append(
             [
-                name,
+                label(targets, name),
                 fmt(rps, 0),
                 f"{rps / bare:.2f}×" if rps and bare else "–",
                 fmt(med(targets, name, "p50"), 2),
@@ -217,16 +289,16 @@ def w3_table(w3: dict[str, Any]) -> str:
                 len(targets[name]["runs"]),
             ]
         )
-    return table(["target", "req/s", "vs bare", "p50 ms", "p99 ms", "non-2xx", "runs"], rows)
+    return table(["target", "req/s", "vs its bare", "p50 ms", "p99 ms", "non-2xx", "runs"], rows)
 
 
 def w5_table(w5: dict[str, Any]) -> str:
     rows = []
-    for name in ordered(w5):
+    for name in names_in(w5):
         m = w5[name]["median"]
         rows.append(
             [
-                name,
+                label(w5, name),
                 fmt(m["errors"], 0),
                 fmt(m["outage_errors"], 0),
                 fmt(m["calls_per_key_s"], 2),
@@ -249,11 +321,11 @@ def w5_table(w5: dict[str, Any]) -> str:
 
 def w6_table(w6: dict[str, Any]) -> str:
     rows = []
-    for name in ordered(w6):
+    for name in names_in(w6):
         m = w6[name]["median"]
         rows.append(
             [
-                name,
+                label(w6, name),
                 fmt(m["p50_ms"]),
                 fmt(m["added_p50_ms"], 2),
                 fmt(m["added_p99_ms"], 1),
@@ -383,7 +455,7 @@ def charts(res: dict[str, Any], out: Path, prefix: str) -> list[str]:
         save(fig, "w4")
 
     if "W5" in w:
-        names = ordered(w["W5"])
+        names = names_in(w["W5"])
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         bars(axes[0], names, [med(w["W5"], n, "errors") for n in names], lambda v: f"{v:g}")
         axes[0].set_title("W5 outage: client errors")
@@ -399,7 +471,7 @@ def charts(res: dict[str, Any], out: Path, prefix: str) -> list[str]:
         save(fig, "w5")
 
     if "W6" in w:
-        names = ordered(w["W6"])
+        names = names_in(w["W6"])
         fig, ax = plt.subplots(figsize=(8, 4))
         bars(ax, names, [med(w["W6"], n, "added_p50_ms") for n in names], lambda v: f"{v:.1f}")
         ax.axhline(5, color="k", ls="--", lw=1, label="goal: 5 ms")
@@ -407,6 +479,24 @@ def charts(res: dict[str, Any], out: Path, prefix: str) -> list[str]:
         ax.set_title(f"W6 cold misses: median latency added to the upstream's {latency:g} ms")
         save(fig, "w6")
     return made
+
+
+def w3_pairs_text(w3: dict[str, Any]) -> str:
+    pairs = w3.get("pairs") or (
+        {"ours/bare": {"ratios": w3["pair_ratios"], "median": w3.get("ratio_median")}}
+        if w3.get("pair_ratios")
+        else {}
+    )
+    parts = []
+    for pair, figures in pairs.items():
+        a, b = pair.split("/")
+        ratios = ", ".join(f"{r:.2f}" for r in figures["ratios"])
+        parts.append(
+            f"`{a}` and `{b}` alternate in {len(figures['ratios'])} pairs, back to back "
+            f"(ratios: {ratios}; median {fmt(figures['median'], 2)})"
+            + (f" {CARRIED}" if figures.get("from_run") else "")
+        )
+    return "; ".join(parts) + "." if parts else ""
 
 
 # -- the page -------------------------------------------------------------------
@@ -456,19 +546,20 @@ def render(res: dict[str, Any], images: list[str]) -> str:
         "other developers share: the runs are interleaved and medians reported so that "
         "a burst of someone else's load does not land on one target only.",
         "",
-        "## Goals (issue 5) and where we stand",
+        "## Goals (issues 5, 10 and 13) and where we stand",
         "",
     ]
     rows = [
         [
+            g["issue"],
             g["workload"],
             g["goal"],
-            g["figure"],
+            g["figure"] + (CARRIED if w.get(g["workload"], {}).get("from_run") else ""),
             {True: "met", False: "**missed**", None: "–"}[g["met"]],
         ]
         for g in goals(res)
     ]
-    out += [table(["workload", "goal", "ours (median)", ""], rows), ""]
+    out += [table(["issue", "workload", "goal", "ours (median)", ""], rows), ""]
     if ANALYSIS.exists():
         out += ["## Reading the figures", "", ANALYSIS.read_text().strip(), ""]
     out += ["## Figures", ""]
@@ -477,6 +568,7 @@ def render(res: dict[str, Any], images: list[str]) -> str:
         out += [
             f"### W1 cold stampede: {plan['w1_n']:,} concurrent requests, one cold key",
             "",
+            *carried_line(w["W1"]),
             f"Upstream latency {latency:g} ms. The connections are opened first, then every "
             "request is sent at once; latency is from each request's send to its last byte. "
             f"Medians of {plan['reps']} runs, a new key each run. `bare` is no cache at all: "
@@ -484,7 +576,8 @@ def render(res: dict[str, Any], images: list[str]) -> str:
             "`1st call after` is when the upstream saw the first call, counted from the "
             "burst: the time the server took to take the burst in before calling.",
             "",
-            "One process (`manage.py serve`; nginx: 1 worker):",
+            "One process (`manage.py serve`; nginx: 1 worker; `ours_asgi` and `bare_asgi`: "
+            "uvicorn with httptools and uvloop):",
             "",
             w1_table(w["W1"], "single"),
             "",
@@ -501,10 +594,12 @@ def render(res: dict[str, Any], images: list[str]) -> str:
         if "bench-w1.png" in images:
             out += ["![W1](bench-w1.png)", ""]
     if "W2" in w:
+        plan = plan_for(res, "W2")
         out += [
             f"### W2 expiry under load: {plan['w2_conns']} connections, one hot key, "
             f"{plan['w2_duration']:g} s, fresh 1 s",
             "",
+            *carried_line(w["W2"]),
             "`warm-hit p99` is the same client on a key that never expires (own run, "
             f"{plan['w2_baseline_duration']:g} s). Medians of {plan['w2_reps']} runs.",
             "",
@@ -515,14 +610,15 @@ def render(res: dict[str, Any], images: list[str]) -> str:
             out += ["![W2](bench-w2.png)", ""]
     if "W3" in w:
         w3 = w["W3"]
-        ratios = ", ".join(f"{r:.2f}" for r in w3.get("pair_ratios", []))
         out += [
             f"### W3 hit throughput: one warm key, wrk, {plan['w3_conns']} connections",
             "",
+            *carried_line(w3),
             f"`wrk -t1 -c{plan['w3_conns']} -d{plan['w3_duration']:g}s`, one process per "
-            f"target. Ours and bare alternate in {plan['w3_pairs']} pairs (ratios: {ratios}; "
-            f"median {fmt(w3.get('ratio_median'), 2)}); the peers have "
-            f"{plan['w3_peer_reps']} runs each, interleaved.",
+            "target. Each target is compared with the bare endpoint under the same server "
+            "(`ours_asgi` with `bare_asgi`, the others with `bare`). "
+            + w3_pairs_text(w3)
+            + f" The peers have {plan['w3_peer_reps']} runs each, interleaved.",
             "",
             w3_table(w3),
             "",
@@ -530,11 +626,13 @@ def render(res: dict[str, Any], images: list[str]) -> str:
         if "bench-w3.png" in images:
             out += ["![W3](bench-w3.png)", ""]
     if "W4" in w:
+        plan = plan_for(res, "W4")
         w4 = w["W4"]
         out += [
             f"### W4 memory: {w4['keys']:,} distinct keys of {w4['body_bytes']} B, "
             f"{w4['budget_mib']:g} MiB budget",
             "",
+            *carried_line(w4),
             f"One process, {plan['w4_conns']} connections, upstream latency "
             f"{w4['upstream_latency_ms']} ms (the workload is about memory; at 200 ms it "
             "would take ten minutes). RSS of the server process from `/proc`, after a "
@@ -565,9 +663,11 @@ def render(res: dict[str, Any], images: list[str]) -> str:
         if "bench-w4.png" in images:
             out += ["![W4](bench-w4.png)", ""]
     if "W5" in w:
+        plan = plan_for(res, "W5")
         out += [
             f"### W5 outage: the upstream answers 503 for {plan['w5_outage']:g} s",
             "",
+            *carried_line(w["W5"]),
             f"{plan['w5_keys']} warm keys, {plan['w5_conns']} connections cycling over them "
             f"for {plan['w5_pre'] + plan['w5_outage'] + plan['w5_post']:g} s, fresh 1 s "
             "(so every key goes stale during the outage). Upstream calls counted inside the "
@@ -579,10 +679,12 @@ def render(res: dict[str, Any], images: list[str]) -> str:
         if "bench-w5.png" in images:
             out += ["![W5](bench-w5.png)", ""]
     if "W6" in w:
+        plan = plan_for(res, "W6")
         out += [
             f"### W6 cold misses: {plan['w6_keys']:,} distinct keys, "
             f"{plan['w6_conns']} connections",
             "",
+            *carried_line(w["W6"]),
             f"Each key requested once; added latency is the client's latency minus the "
             f"upstream's fixed {latency:g} ms. Medians of {plan['reps']} runs.",
             "",
@@ -601,9 +703,16 @@ def render(res: dict[str, Any], images: list[str]) -> str:
         "throughput, `bench/loadgen.py` (gevent, raw keep-alive sockets) for the rest.",
         "- Every target is served like ours: `manage.py serve` (one gevent process, "
         "TCP_NODELAY, Content-Length) or `gunicorn -k gevent`, with the project's own "
-        "settings and middleware (`bench/peers/settings.py` only swaps the URL module), "
-        "`DEBUG=0`, `LOG_LEVEL=WARNING`.",
-        "- Peers (`bench/peers/`): `bare` returns a constant 1 KB body; `naive` calls the "
+        "settings and middleware (`bench/peers/settings.py` swaps the URL module, and the "
+        "WSGI application for Django's own, without our front layer), "
+        "`DEBUG=0`, `LOG_LEVEL=WARNING`. Ours is the project's `wsgi.py`, whose front layer "
+        "answers the coalesced endpoints before the middleware.",
+        "- Under ASGI: `ours_asgi` is `uvicorn coalesce_project.asgi:application` and "
+        "`bare_asgi` `uvicorn bench.peers.asgi:application` (Django's own ASGI handler), "
+        "one process each, `--http httptools --loop uvloop`.",
+        "- Peers (`bench/peers/`): `bare` returns a constant 1 KB body from a django-ninja "
+        "view with no middleware at all (the framework's floor), `bare_asgi` the same from "
+        "an async view; `naive` calls the "
         "upstream with requests on every request; `cache_page` is Django's `cache_page` on "
         "django-redis (blocking pool); `dogpile` is dogpile.cache on Redis with "
         "`distributed_lock`, `thread_local_lock=False`, a background creation runner, and "

@@ -36,11 +36,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from bench.procs import PYTHON, ROOT, Helper, Proc, Procs, free_port, http_get
 
+T = TypeVar("T")
 RESULTS = ROOT / "bench" / "results"
 QUICK_DIR = Path(tempfile.gettempdir()) / "coalescing-bench-quick"
 #: Our server's Redis (REDIS_URL) in the multi-process set-up; flushed by the run.
@@ -70,7 +71,16 @@ STRIPPED_ENV = {
     "BENCH_PEER",
     "BENCH_REDIS_URL",
 }
-ALL_TARGETS = ("ours", "bare", "naive", "cache_page", "dogpile", "nginx")
+ALL_TARGETS = ("ours", "bare", "naive", "cache_page", "dogpile", "nginx", "ours_asgi", "bare_asgi")
+#: Served by uvicorn (one process, httptools, uvloop): they take part in W1
+#: (one process) and W3 only, the figures of issue 10.
+ASGI_TARGETS = ("ours_asgi", "bare_asgi")
+#: Constant answers, no cache: nothing to count in the workloads about the upstream.
+BARE_TARGETS = ("bare", "bare_asgi")
+#: W3's interleaved pairs: a hit of ours, and the bare endpoint under the same server.
+W3_PAIRS = (("ours", "bare"), ("ours_asgi", "bare_asgi"))
+UVICORN = ["-m", "uvicorn", "--http", "httptools", "--loop", "uvloop"]
+UVICORN += ["--no-access-log", "--log-level", "warning", "--host", "127.0.0.1"]
 ALL_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
 
 
@@ -230,6 +240,7 @@ class Servers:
         env: dict[str, str],
         multi: bool,
         health: str,
+        wsgi_module: str,
     ) -> Deployment:
         env = clean_env(env)
         if not multi:
@@ -256,7 +267,7 @@ class Servers:
             "2000",
             "--graceful-timeout",
             "5",
-            "coalesce_project.wsgi",
+            wsgi_module,
         ]
         g = self._start(f"{name}-gunicorn", gunicorn, env)
         s = self._start(f"{name}-serve2", [PYTHON, "manage.py", "serve", "--port", str(sport)], env)
@@ -265,6 +276,16 @@ class Servers:
         s.wait_http(sbase + health)
         # 3/4 of the requests to the gunicorn port (its 3 workers), 1/4 to `serve`.
         return Deployment(name, [gbase, gbase, gbase, sbase], [g, s])
+
+    def _uvicorn(self, name: str, env: dict[str, str], app: str, health: str) -> Deployment:
+        """One uvicorn process, as issue 10 measures ASGI: httptools and uvloop."""
+        port = free_port()
+        proc = self._start(
+            f"{name}-uvicorn", [PYTHON, *UVICORN, "--port", str(port), app], clean_env(env)
+        )
+        base = f"http://127.0.0.1:{port}"
+        proc.wait_http(base + health)
+        return Deployment(name, [base], [proc])
 
     def _start(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
         proc = self.procs.start(name, args, env)
@@ -280,6 +301,7 @@ class Servers:
         db_url: str | None = None,
         settings_module: str | None = None,
         env_extra: dict[str, str] | None = None,
+        asgi: bool = False,
     ) -> Deployment:
         extra = {"DJANGO_SETTINGS_MODULE": settings_module or "coalesce_project.settings"}
         extra.update(env_extra or {})
@@ -293,7 +315,9 @@ class Servers:
             extra["DATABASE_URL"] = db_url or f"sqlite:///{db}"
         env = self._settings(fresh_ms, stale_ms, extra)
         migrate(clean_env(env))
-        return self._python_server("ours", env, multi, "/metrics")
+        if asgi:
+            return self._uvicorn("ours_asgi", env, "coalesce_project.asgi:application", "/metrics")
+        return self._python_server("ours", env, multi, "/metrics", "coalesce_project.wsgi")
 
     def peer(self, peer: str, fresh_ms: int, stale_ms: int, multi: bool = False) -> Deployment:
         extra = {
@@ -302,7 +326,9 @@ class Servers:
             "DATABASE_URL": f"sqlite:///{self.tmp / 'peers.sqlite3'}",
         }
         env = self._settings(fresh_ms, stale_ms, extra)
-        return self._python_server(peer, env, multi, "/health")
+        if peer in ASGI_TARGETS:
+            return self._uvicorn(peer, env, "bench.peers.asgi:application", "/health")
+        return self._python_server(peer, env, multi, "/health", "bench.peers.wsgi")
 
     def nginx(self, fresh_ms: int, stale_ms: int, workers: int = 1) -> Deployment:
         folder = self.tmp / f"nginx-{time.monotonic_ns()}"
@@ -337,8 +363,9 @@ class Servers:
     ) -> dict[str, Deployment]:
         out: dict[str, Deployment] = {}
         for name in targets:
-            if name == "ours":
-                out[name] = self.ours(fresh_ms, stale_ms, multi=multi, **kw)
+            if name in ("ours", "ours_asgi"):
+                asgi = name == "ours_asgi"
+                out[name] = self.ours(fresh_ms, stale_ms, multi=multi, asgi=asgi, **kw)
             elif name == "nginx":
                 out[name] = self.nginx(fresh_ms, stale_ms, workers=4 if multi else 1)
             else:
@@ -452,7 +479,13 @@ def median_of(runs: list[dict[str, Any]], keys: Iterable[str]) -> dict[str, Any]
     return out
 
 
-def rotated(items: Sequence[str], by: int) -> list[str]:
+def caches(names: Iterable[str]) -> list[str]:
+    """The targets with a cache, under WSGI (or nginx): those of the workloads
+    about the upstream beyond W1 and W3 (the ASGI targets are issue 10's W1 and W3)."""
+    return [n for n in names if n not in BARE_TARGETS and n not in ASGI_TARGETS]
+
+
+def rotated(items: Sequence[T], by: int) -> list[T]:
     if not items:
         return []
     by %= len(items)
@@ -506,7 +539,7 @@ class Bench:
         }
 
     def w1(self, up: Upstream, deps: dict[str, Deployment], setup: str) -> None:
-        names = [n for n in deps if not (setup == "multi" and n == "bare")]
+        names = list(deps) if setup == "single" else caches(deps)
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for rep in range(self.plan.reps):
             for name in rotated(names, rep):
@@ -539,7 +572,7 @@ class Bench:
 
     def w2_baseline(self, up: Upstream, deps: dict[str, Deployment]) -> None:
         """Warm-hit p99 of every cache with the W2 client, nothing expiring."""
-        names = [n for n in deps if n not in ("naive",)]
+        names = [n for n in deps if n != "naive" and n not in ASGI_TARGETS]
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for rep in range(self.plan.w2_reps):
             for name in rotated(names, rep):
@@ -561,7 +594,7 @@ class Bench:
         }
 
     def w2(self, up: Upstream, deps: dict[str, Deployment]) -> None:
-        names = [n for n in deps if n != "bare"]
+        names = caches(deps)
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for rep in range(self.plan.w2_reps):
             for name in rotated(names, rep):
@@ -605,30 +638,46 @@ class Bench:
             warm(dep, [key])
             urls[name] = dep.url(key)
             wrk(urls[name], plan.w3_conns, 1.0, self.tools)  # warm-up, not recorded
+        pairs = [(a, b) for a, b in W3_PAIRS if a in deps and b in deps]
+        paired = {n for pair in pairs for n in pair}
+        # A member of a pair whose partner is not selected runs as often, alone.
+        lone = [n for pair in W3_PAIRS for n in pair if n in deps and n not in paired]
+        peers = [n for n in deps if n not in paired and n not in lone]
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in deps}
-        ratios: list[float] = []
-        peers = [n for n in deps if n not in ("ours", "bare")]
+        ratios: dict[str, list[float]] = {f"{a}/{b}": [] for a, b in pairs}
+
+        def measure(name: str, what: str) -> dict[str, Any]:
+            log(f"W3 hit throughput {name} {what}")
+            got = wrk(urls[name], plan.w3_conns, plan.w3_duration, self.tools)
+            runs[name].append(got)
+            return got
+
         for rep in range(max(plan.w3_pairs, plan.w3_peer_reps)):
-            if rep < plan.w3_pairs and "ours" in deps and "bare" in deps:
-                pair = ["ours", "bare"] if rep % 2 == 0 else ["bare", "ours"]
-                got = {}
-                for name in pair:
-                    log(f"W3 hit throughput {name} pair {rep}")
-                    got[name] = wrk(urls[name], plan.w3_conns, plan.w3_duration, self.tools)
-                    runs[name].append(got[name])
-                ratios.append(got["ours"]["rps"] / got["bare"]["rps"])
-            elif rep < plan.w3_pairs:
-                for name in ("ours", "bare"):
-                    if name in deps:
-                        runs[name].append(
-                            wrk(urls[name], plan.w3_conns, plan.w3_duration, self.tools)
-                        )
+            if rep < plan.w3_pairs:
+                for a, b in rotated(pairs, rep):
+                    # Each pair back to back, its order alternating: a burst of
+                    # someone else's load then lands on both sides of a ratio.
+                    order = (a, b) if rep % 2 == 0 else (b, a)
+                    got = {n: measure(n, f"pair {rep}") for n in order}
+                    ratios[f"{a}/{b}"].append(got[a]["rps"] / got[b]["rps"])
+                for name in lone:
+                    measure(name, f"rep {rep}")
             if rep < plan.w3_peer_reps:
                 for name in rotated(peers, rep):
-                    log(f"W3 hit throughput {name} rep {rep}")
-                    runs[name].append(wrk(urls[name], plan.w3_conns, plan.w3_duration, self.tools))
+                    measure(name, f"rep {rep}")
+        self.results["W3"] = self._w3_results(up, runs, ratios)
+
+    @staticmethod
+    def _w3_results(
+        up: Upstream, runs: dict[str, list[dict[str, Any]]], ratios: dict[str, list[float]]
+    ) -> dict[str, Any]:
         calls = up.calls("w3-")
-        self.results["W3"] = {
+        pairs = {
+            pair: {"ratios": r, "median": statistics.median(r) if r else None}
+            for pair, r in ratios.items()
+        }
+        ours_bare = pairs.get("ours/bare", {})
+        return {
             "targets": {
                 n: {
                     "runs": r,
@@ -637,8 +686,10 @@ class Bench:
                 }
                 for n, r in runs.items()
             },
-            "pair_ratios": ratios,
-            "ratio_median": statistics.median(ratios) if ratios else None,
+            "pairs": pairs,
+            # The ours/bare pair under its older names, which the report's goals read.
+            "pair_ratios": ours_bare.get("ratios", []),
+            "ratio_median": ours_bare.get("median"),
         }
 
     # W4 -------------------------------------------------------------------
@@ -704,7 +755,7 @@ class Bench:
 
     def w5(self, up: Upstream, deps: dict[str, Deployment]) -> None:
         plan = self.plan
-        names = [n for n in deps if n != "bare"]
+        names = caches(deps)
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for rep in range(plan.w5_reps):
             for name in rotated(names, rep):
@@ -773,7 +824,7 @@ class Bench:
 
     def w6(self, up: Upstream, deps: dict[str, Deployment]) -> None:
         plan = self.plan
-        names = [n for n in deps if n != "bare"]
+        names = caches(deps)
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for name in names:
             # Not recorded: fills the connection pools (to the upstream, to Redis),
@@ -910,7 +961,17 @@ def machine(tools: dict[str, Any]) -> dict[str, Any]:
         "commit": commit,
         "versions": {
             name: dist(name)
-            for name in ("Django", "django-ninja", "gevent", "gunicorn", "redis", "dogpile.cache")
+            for name in (
+                "Django",
+                "django-ninja",
+                "gevent",
+                "gunicorn",
+                "uvicorn",
+                "httptools",
+                "uvloop",
+                "redis",
+                "dogpile.cache",
+            )
         }
         | {
             "django-redis": dist("django-redis"),
@@ -1040,7 +1101,9 @@ def run_groups(
     # hit throughput, and the warm-hit latency that W2 is compared with.
     if {"W1", "W2", "W3", "W6"} & set(workloads):
         log("starting the servers: long freshness")
-        deps = servers.start(targets, HOUR_MS, 2 * HOUR_MS)
+        asgi_used = bool({"W1", "W3"} & set(workloads))
+        names = [t for t in targets if asgi_used or t not in ASGI_TARGETS]
+        deps = servers.start(names, HOUR_MS, 2 * HOUR_MS)
         try:
             for workload, run in (
                 ("W1", lambda: bench.w1(up, deps, "single")),
@@ -1055,7 +1118,7 @@ def run_groups(
     # Group B: fresh for one second: expiry under load and the outage.
     if {"W2", "W5"} & set(workloads):
         log("starting the servers: FRESH_TTL_MS=1000")
-        names = [t for t in targets if t != "bare"]
+        names = caches(targets)
         deps = servers.start(names, 1000, 60_000)
         try:
             if "W2" in workloads:
@@ -1082,7 +1145,7 @@ def multi_stampede(
         bench.note("W1 multi-process skipped: PostgreSQL does not answer at 127.0.0.1:5432")
         return
     flush_redis()
-    names = [t for t in targets if t != "bare"]
+    names = caches(targets)
     log("starting the servers: 3 gunicorn gevent workers + a second serve, sharing Redis")
     try:
         deps = servers.start(names, HOUR_MS, 2 * HOUR_MS, multi=True, db_url=db_url)
