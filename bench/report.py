@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import merge
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 ANALYSIS = ROOT / "bench" / "analysis.md"
@@ -513,6 +515,16 @@ def render(res: dict[str, Any], images: list[str]) -> str:
     )
     if res.get("quick"):
         out += ["", "**QUICK smoke run: short and unrepeated; these figures prove nothing.**"]
+    earlier = merge.earlier_runs(res)
+    if earlier:
+        out += [
+            "",
+            "This run measured "
+            + ", ".join(k for k, v in sorted(w.items()) if not v.get("from_run"))
+            + f" on {', '.join(f'`{t}`' for t in res.get('run_targets', res['targets']))}. "
+            f"Figures marked {CARRIED} (and workloads that say so) are kept from earlier runs "
+            f"({'; '.join(earlier)}): they were not taken side by side with this run's.",
+        ]
     out += [
         "",
         "## Machine",

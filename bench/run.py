@@ -15,6 +15,9 @@ Environment:
 - ``BENCH_TARGETS=ours,bare``: only these servers;
 - ``BENCH_PLAN='{"w4_keys": 30000}'``: change any field of :class:`Plan`;
 - ``BENCH_OUT=path.json``: where the results go (default ``bench/results/latest.json``);
+  a run narrowed by ``BENCH_ONLY`` or ``BENCH_TARGETS`` keeps the figures of the
+  saved results that it did not measure, marked with their run
+  (:mod:`bench.merge`; ``BENCH_MERGE=0``: replace them);
 - ``BENCH_KEEP_LOGS=1``: keep the servers' logs (their folder is printed).
 """
 
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from bench import merge
 from bench.procs import PYTHON, ROOT, Helper, Proc, Procs, free_port, http_get
 
 T = TypeVar("T")
@@ -1076,6 +1080,7 @@ def main() -> int:
         "workloads": bench.results,
         "notes": bench.notes,
     }
+    results = merged_with_saved(results, out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out_path.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
@@ -1085,6 +1090,19 @@ def main() -> int:
 
     report.main([str(out_path), str(QUICK_DIR if plan.quick else ROOT / "docs")])
     return 0
+
+
+def merged_with_saved(results: dict[str, Any], out_path: Path) -> dict[str, Any]:
+    """A narrowed full run keeps what the saved results have that it did not measure."""
+    narrowed = any(os.environ.get(v, "").strip() for v in ("BENCH_ONLY", "BENCH_TARGETS"))
+    if results["quick"] or not narrowed or os.environ.get("BENCH_MERGE", "1") == "0":
+        return results
+    with contextlib.suppress(OSError, ValueError):
+        saved = json.loads(out_path.read_text())
+        if not saved.get("quick"):
+            log(f"keeping what this run did not measure from {out_path}")
+            return merge.merge(saved, results)
+    return results
 
 
 def run_groups(
