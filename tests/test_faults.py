@@ -210,7 +210,9 @@ def test_waiters_in_other_processes_get_the_leaders_503_and_retry_after(
         upstream.delay = 1.5
         threads = [threading.Thread(target=ask, args=("busy", leader.url, "CAP1"))]
         threads[0].start()  # takes the leader's only upstream slot for 1.5 s
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while upstream.inflight < 1 and time.monotonic() < deadline:  # it holds the slot now
+            time.sleep(0.01)
         threads.append(threading.Thread(target=ask, args=("leader", leader.url, "CAP2")))
         threads[1].start()  # leads CAP2, waits for a slot, gives up: 503
         time.sleep(0.2)
