@@ -34,7 +34,9 @@ class CoalescingWSGIHandler:
         if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
             from django.core.handlers.wsgi import WSGIRequest
 
-            request = WSGIRequest(environ)
+            # A copy: WSGIRequest writes the decoded path back into its environ,
+            # which Django's own request, made from it next, cannot read again.
+            request = WSGIRequest(environ.copy())
             target = self.front.endpoint(request, _has_body(environ))
             if target is not None:
                 endpoint, path = target

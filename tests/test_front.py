@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from urllib.parse import unquote
 from wsgiref.util import setup_testing_defaults
 
 import pytest
@@ -115,3 +116,11 @@ def test_a_route_the_middleware_refuses_stays_with_django(app, settings, upstrea
     assert not app.front.learned("coalesced_prices")
     assert upstream.count == 0
     assert Count.calls == 3
+
+
+def test_a_path_that_is_not_latin_1_goes_through_both_requests(app, upstream):
+    """The front's request must leave the environ as the server gave it."""
+    call(app, "/products?productId=F5")
+    # What a WSGI server puts in PATH_INFO for /rates/%C4%80: its bytes as latin-1.
+    raw = unquote("/rates/%C4%80", encoding="latin-1")
+    assert call(app, raw)[0] == 400
