@@ -13,7 +13,8 @@ server under test). Two modes:
   connection, send requests back to back for ``duration`` seconds or until
   ``max_requests``. ``order`` is ``cycle`` (worker ``w`` walks the URL list
   from ``w``) or ``once`` (a shared queue: each URL requested once, the run
-  ends when the queue is empty).
+  ends when the queue is empty). ``slow_ms`` (100 by default): the answers
+  (2xx/3xx) that took that long or more are counted apart (``slow``).
 
 Every loop is bounded in time and count; every request has a timeout.
 """
@@ -239,6 +240,7 @@ def closed(spec: dict[str, Any]) -> dict[str, Any]:
     timeout = float(spec.get("timeout", 30))
     once = spec.get("order", "cycle") == "once"
     keep_latencies = bool(spec.get("latencies", False))
+    slow_ms = float(spec.get("slow_ms", 100.0))
     queue: deque[Target] = deque(targets) if once else deque()
 
     started = time.perf_counter()
@@ -324,6 +326,8 @@ def closed(spec: dict[str, Any]) -> dict[str, Any]:
         "x_cache": dict(x_cache),
         "latency_ms": percentiles(good),
         "latency_all_ms": percentiles(all_lat),
+        "slow_ms": slow_ms,
+        "slow": sum(1 for lat in good if lat >= slow_ms),
         "timeline": seconds,
     }
     if keep_latencies:
