@@ -20,6 +20,7 @@ TARGET_MAPS: dict[str, tuple[str | None, ...]] = {
     "W3": ("targets",),
     "W5": (None,),
     "W6": (None,),
+    "W7": (None,),
 }
 
 

@@ -19,7 +19,17 @@ from bench import merge
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 ANALYSIS = ROOT / "bench" / "analysis.md"
-ORDER = ("ours", "bare", "naive", "cache_page", "dogpile", "nginx", "ours_asgi", "bare_asgi")
+ORDER = (
+    "ours",
+    "bare",
+    "naive",
+    "cache_page",
+    "dogpile",
+    "nginx",
+    "nginx_ours",
+    "ours_asgi",
+    "bare_asgi",
+)
 COLORS = {
     "ours": "#1f77b4",
     "bare": "#7f7f7f",
@@ -27,6 +37,7 @@ COLORS = {
     "cache_page": "#ff7f0e",
     "dogpile": "#2ca02c",
     "nginx": "#9467bd",
+    "nginx_ours": "#8c564b",
     "ours_asgi": "#17becf",
     "bare_asgi": "#c7c7c7",
 }
@@ -146,6 +157,7 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
             issue=13,
         )
     rows += asgi_goals(w)
+    rows += w7_goals(w.get("W7", {}))
     w4 = w.get("W4")
     if w4:
         bound = w4["budget_mib"] * 1.25
@@ -207,6 +219,24 @@ def w2_goals(expiry: dict[str, Any]) -> list[dict[str, Any]]:
     slow = med(expiry, "ours", "slow_share")
     if slow is not None:
         row(12, "answers of 100 ms or more < 1 %", pct(slow, 2), slow < 0.01)
+    return rows
+
+
+def w7_goals(w7: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 13: nginx in front of ours, one upstream call per fresh window across both."""
+    rows = []
+    window = med(w7, "nginx_ours", "calls_per_window")
+    if window is not None:
+        busiest = med(w7, "nginx_ours", "max_calls_per_window")
+        rows.append(
+            {
+                "issue": 13,
+                "workload": "W7",
+                "goal": "nginx in front of ours: ≤ 1 upstream call per fresh window, both together",
+                "figure": f"{window:.2f} (busiest window {fmt(busiest, 0)})",
+                "met": busiest is not None and busiest <= 1,
+            }
+        )
     return rows
 
 
@@ -311,6 +341,41 @@ def w2_table(w2: dict[str, Any]) -> str:
             "calls / fresh window",
             "req/s",
             "errors",
+        ],
+        rows,
+    )
+
+
+def w7_table(w7: dict[str, Any]) -> str:
+    rows = []
+    for name in names_in(w7):
+        m = w7[name]["median"]
+        rows.append(
+            [
+                label(w7, name),
+                fmt(m["rps"], 0),
+                fmt(m["p50"], 2),
+                fmt(m["p99"], 2),
+                fmt(m.get("app_requests_per_s"), 1) if name != "nginx" else "(no app)",
+                pct(m.get("absorbed_share"), 2) if name == "nginx_ours" else "–",
+                fmt(m["calls_per_window"], 2),
+                fmt(m["max_calls_per_window"], 0),
+                fmt(m["non_2xx"], 0),
+                len(w7[name]["runs"]),
+            ]
+        )
+    return table(
+        [
+            "target",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "app answers/s",
+            "absorbed by nginx",
+            "upstream calls / window",
+            "busiest window",
+            "non-2xx",
+            "runs",
         ],
         rows,
     )
@@ -527,6 +592,17 @@ def charts(res: dict[str, Any], out: Path, prefix: str) -> list[str]:
         ax.legend(fontsize=8)
         ax.set_title(f"W6 cold misses: median latency added to the upstream's {latency:g} ms")
         save(fig, "w6")
+    if "W7" in w:
+        w7 = w["W7"]
+        names = names_in(w7)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        bars(axes[0], names, [med(w7, n, "rps") for n in names], lambda v: f"{v:,.0f}")
+        axes[0].set_yscale("log")
+        axes[0].set_title("W7 hits, wrk 32 connections, fresh 1 s (req/s)")
+        bars(axes[1], names, [med(w7, n, "p99") for n in names], lambda v: f"{v:.2f}")
+        axes[1].set_yscale("log")
+        axes[1].set_title("W7: p99 latency (ms)")
+        save(fig, "w7")
     return made
 
 
@@ -752,6 +828,36 @@ def render(res: dict[str, Any], images: list[str]) -> str:
         ]
         if "bench-w6.png" in images:
             out += ["![W6](bench-w6.png)", ""]
+    if "W7" in w:
+        plan = plan_for(res, "W7")
+        w7 = w["W7"]
+        pairs = "; ".join(
+            f"`{pair}` {fmt(f['median'], 2)}× (reps: {', '.join(f'{r:.2f}' for r in f['ratios'])})"
+            for pair, f in w7.get("pairs", {}).items()
+            if f.get("median") is not None
+        )
+        out += [
+            f"### W7 nginx in front of ours: one warm key, wrk, {plan['w7_conns']} connections, "
+            "fresh 1 s",
+            "",
+            *carried_line(w7),
+            f"`wrk -t1 -c{plan['w7_conns']} -d{plan['w7_duration']:g}s` on one key (a new "
+            f"one each rep), {plan['w7_reps']} interleaved reps, medians. `nginx_ours` is "
+            "nginx (1 worker, `bench/peers/nginx_front.conf`: `proxy_cache` with "
+            "`proxy_cache_lock`, `use_stale updating`, `background_update` and "
+            "`proxy_cache_revalidate`, no `proxy_cache_valid`: it caches by our "
+            "`Cache-Control` and `ETag`) in front of `ours` (`manage.py serve`, SQLite, "
+            "fresh 1 s, stale 60 s); `ours` is the same process hit directly; `nginx` is "
+            "the nginx peer in front of the fake upstream (`proxy_cache_valid 200 1s`). "
+            "`app answers/s` is what our server counted (its `/metrics`) while wrk ran; "
+            "upstream calls are the fake upstream's count for the key while wrk ran, per "
+            "fresh second." + (f" Ratios of req/s within each rep: {pairs}." if pairs else ""),
+            "",
+            w7_table(w7),
+            "",
+        ]
+        if "bench-w7.png" in images:
+            out += ["![W7](bench-w7.png)", ""]
     if res.get("notes"):
         out += ["## Notes of the run", ""] + [f"- {n}" for n in res["notes"]] + [""]
     out += [

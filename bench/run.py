@@ -85,10 +85,12 @@ BARE_TARGETS = ("bare", "bare_asgi")
 W3_PAIRS = (("ours", "bare"), ("ours_asgi", "bare_asgi"))
 UVICORN = ["-m", "uvicorn", "--http", "httptools", "--loop", "uvloop"]
 UVICORN += ["--no-access-log", "--log-level", "warning", "--host", "127.0.0.1"]
-ALL_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
+ALL_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+#: W7's targets: our server alone, nginx in front of it, and the nginx peer.
+W7_TARGETS = ("ours", "nginx_ours", "nginx")
 #: An answer this slow or slower is counted apart (issue 12: under 1 % in W2).
 SLOW_MS = 100.0
-#: The fresh window of W2 and W5 (the stale window is 60 s).
+#: The fresh window of W2, W5 and W7 (the stale window is 60 s).
 W2_FRESH_MS = 1000
 
 
@@ -119,6 +121,9 @@ class Plan:
     w5_reps: int = 2
     w6_keys: int = 2000
     w6_conns: int = 64
+    w7_duration: float = 5.0
+    w7_reps: int = 3
+    w7_conns: int = 32
 
     @classmethod
     def from_env(cls) -> Plan:
@@ -151,6 +156,8 @@ class Plan:
                 w5_post=1.0,
                 w5_reps=1,
                 w6_keys=256,
+                w7_duration=2.0,
+                w7_reps=1,
             )
         return cls(quick=False, reps=3)
 
@@ -338,16 +345,22 @@ class Servers:
             return self._uvicorn(peer, env, "bench.peers.asgi:application", "/health")
         return self._python_server(peer, env, multi, "/health", "bench.peers.wsgi")
 
-    def nginx(self, fresh_ms: int, stale_ms: int, workers: int = 1) -> Deployment:
+    def nginx(
+        self, fresh_ms: int, stale_ms: int, workers: int = 1, app: Deployment | None = None
+    ) -> Deployment:
+        """The nginx peer in front of the fake upstream; with ``app``, nginx in
+        front of that server instead, caching by its headers (W7)."""
         folder = self.tmp / f"nginx-{time.monotonic_ns()}"
         folder.mkdir()
         # nginx's workers drop root for an unprivileged user: let it into the folder.
         self.tmp.chmod(0o755)
         folder.chmod(0o777)
         port = free_port()
-        conf = (ROOT / "bench" / "peers" / "nginx.conf").read_text()
+        conf_name = "nginx_front.conf" if app else "nginx.conf"
+        conf = (ROOT / "bench" / "peers" / conf_name).read_text()
         upstream_hostport = self.upstream.url.removeprefix("http://")
         for name, value in {
+            "@APP@": app.base.removeprefix("http://") if app else "",
             "@WORKERS@": str(workers),
             "@DIR@": str(folder),
             "@PORT@": str(port),
@@ -357,14 +370,15 @@ class Servers:
         }.items():
             conf = conf.replace(name, value)
         (folder / "nginx.conf").write_text(conf)
+        name = "nginx_ours" if app else "nginx"
         proc = self._start(
-            "nginx",
+            name,
             [self.tools["nginx"], "-p", str(folder), "-c", str(folder / "nginx.conf")],
             clean_env({}),
         )
         base = f"http://127.0.0.1:{port}"
         proc.wait_http(base + "/health")
-        return Deployment("nginx", [base], [proc])
+        return Deployment(name, [base], [proc, *(app.procs if app else [])])
 
     def start(
         self, targets: Sequence[str], fresh_ms: int, stale_ms: int, multi: bool = False, **kw: Any
@@ -899,6 +913,61 @@ class Bench:
             for n, r in runs.items()
         }
 
+    # W7 -------------------------------------------------------------------
+
+    def w7(self, up: Upstream, deps: dict[str, Deployment]) -> None:
+        """Hits through nginx in front of ours, beside ours alone and the nginx peer."""
+        if not self.tools.get("wrk"):
+            self.note("W7 skipped: wrk is not installed (apt-get install wrk)")
+            return
+        plan = self.plan
+        names = [n for n in W7_TARGETS if n in deps]
+        app = deps["ours"]
+        for name in names:
+            # Not recorded: fills the connection pools (nginx to the app, to the upstream).
+            key = f"w7warm-{name}"
+            warm(deps[name], [key])
+            wrk(deps[name].url(key), plan.w7_conns, 1.0, self.tools)
+        runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        for rep in range(plan.w7_reps):
+            for name in rotated(names, rep):
+                key = f"w7-{name}-r{rep}"
+                warm(deps[name], [key])
+                log(f"W7 hits through nginx {name} rep {rep}")
+                app_before = app_requests(app) if name != "nginx" else None
+                began = time.time()
+                got = wrk(deps[name].url(key), plan.w7_conns, plan.w7_duration, self.tools)
+                elapsed = time.time() - began
+                time.sleep(0.3)
+                got.update(per_window(up, key, began, elapsed, W2_FRESH_MS))
+                if app_before is not None:
+                    passed = app_requests(app) - app_before
+                    got["app_requests"] = passed
+                    got["app_requests_per_s"] = passed / elapsed
+                    if name == "nginx_ours" and got.get("requests"):
+                        # wrk does not count the answers in flight at its end.
+                        got["absorbed_share"] = max(0.0, 1 - passed / got["requests"])
+                runs[name].append(got)
+        keys = ("rps", "p50", "p99", "non_2xx", "calls_per_window", "max_calls_per_window")
+        keys += ("app_requests_per_s", "absorbed_share")
+        section: dict[str, Any] = {
+            n: {"runs": r, "median": median_of(r, keys)} for n, r in runs.items()
+        }
+        pairs = {}
+        for other in ("ours", "nginx"):
+            if "nginx_ours" in runs and other in runs:
+                ratios = [
+                    a["rps"] / b["rps"]
+                    for a, b in zip(runs["nginx_ours"], runs[other], strict=True)
+                    if b.get("rps")
+                ]
+                pairs[f"nginx_ours/{other}"] = {
+                    "ratios": ratios,
+                    "median": statistics.median(ratios) if ratios else None,
+                }
+        section["pairs"] = pairs
+        self.results["W7"] = section
+
 
 def stale_share(x_cache: dict[str, int]) -> float | None:
     """The share of answers served stale (ours: STALE; nginx: STALE or UPDATING);
@@ -930,6 +999,18 @@ def per_window(
         "calls_per_window": len(calls) / (elapsed / fresh_s) if elapsed else 0.0,
         "max_calls_per_window": max(per.values(), default=0),
     }
+
+
+def app_requests(dep: Deployment) -> float:
+    """The answers of the products endpoint that our server counted (its /metrics)."""
+    status, body = http_get(dep.base + "/metrics", timeout=30)
+    if status != 200:
+        raise RuntimeError(f"{dep.name} /metrics: {status}")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith("coalescing_requests_total{") and 'endpoint="products"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 # -- the run ---------------------------------------------------------------------
@@ -1203,6 +1284,27 @@ def run_groups(
         multi_stampede(bench, targets, up, servers, have_redis)
     if "W4" in workloads and "ours" in targets:
         guarded(bench, "W4", lambda: bench.w4(up, servers))
+    # Group D: nginx in front of ours, fresh for one second.
+    if "W7" in workloads:
+        nginx_in_front(bench, targets, up, servers)
+
+
+def nginx_in_front(bench: Bench, targets: list[str], up: Upstream, servers: Servers) -> None:
+    if "ours" not in targets:
+        bench.note("W7 skipped: it needs ours among the targets")
+        return
+    if not bench.tools.get("nginx"):
+        bench.note("W7 skipped: nginx is not installed (apt-get install nginx-light)")
+        return
+    log("starting the servers: FRESH_TTL_MS=1000, nginx in front of ours")
+    try:
+        ours = servers.ours(W2_FRESH_MS, 60_000)
+        deps = {"ours": ours, "nginx_ours": servers.nginx(W2_FRESH_MS, 60_000, app=ours)}
+        if "nginx" in targets:
+            deps["nginx"] = servers.nginx(W2_FRESH_MS, 60_000)
+        guarded(bench, "W7", lambda: bench.w7(up, deps))
+    finally:
+        servers.stop_all()
 
 
 def multi_stampede(
