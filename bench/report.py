@@ -674,6 +674,12 @@ def render(res: dict[str, Any], images: list[str]) -> str:
                     or "–",
                 ],
                 ["versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)],
+                [
+                    "uncommitted changes measured",
+                    ", ".join(f"`{f}`" for f in m["uncommitted"]) or "none",
+                ]
+                if "uncommitted" in m
+                else ["uncommitted changes measured", "not recorded"],
             ],
         ),
         "",

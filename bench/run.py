@@ -1089,6 +1089,18 @@ def machine(tools: dict[str, Any]) -> dict[str, Any]:
         return ""
 
     commit = version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    # The run measures the working tree: what differs from the commit, outside bench/.
+    uncommitted: list[str] = []
+    with contextlib.suppress(Exception):
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        uncommitted = [
+            line[3:] for line in done.stdout.splitlines() if not line[3:].startswith("bench/")
+        ]
     return {
         "nproc": os.cpu_count(),
         "cpu_model": cpu,
@@ -1097,6 +1109,7 @@ def machine(tools: dict[str, Any]) -> dict[str, Any]:
         "platform": platform.platform(),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "commit": commit,
+        "uncommitted": uncommitted,
         "versions": {
             name: dist(name)
             for name in (
