@@ -33,8 +33,8 @@ from django.utils.text import Truncator
 
 from . import metrics, operations, registry
 from .conf import get_settings
-from .entry import Entry, State
-from .models import STATES, CacheEntry, endpoint_policy, state_q
+from .entry import Entry
+from .models import STATES, CacheEntry, endpoint_policy, listed_state, row_state, state_q
 from .runtime import get_coalescer
 
 #: At most this many entries are refreshed by one action: each is an upstream call.
@@ -115,11 +115,7 @@ def entry_state(obj: CacheEntry, now: float | None = None) -> str:
         fetched_at=obj.fetched_at_ms / 1000.0,
     )
     state = endpoint_policy(obj.endpoint).state(entry, time.time() if now is None else now)
-    if state is State.DEAD:
-        return "dead"
-    if entry.negative:
-        return "negative"
-    return state.value
+    return row_state(state, entry.negative)
 
 
 def format_age(seconds: float) -> str:
@@ -247,7 +243,7 @@ class CacheEntryAdmin(admin.ModelAdmin):
     @admin.display(description="state")
     def state(self, obj: CacheEntry) -> str:
         state = entry_state(obj)
-        shown = "expired" if state == "dead" else state
+        shown = listed_state(state)
         return format_html(
             '<span title="{}" style="display:inline-block;padding:1px 8px;border-radius:9px;'
             'color:#fff;background:{};font-weight:600;font-size:11px">{}</span>{}',
@@ -399,7 +395,7 @@ def entry_counts() -> list[dict[str, Any]]:
             {"endpoint": group["group"], "registered": False, "purgeable": 0, "total": 0},
         )
         row.setdefault("bytes", 0)
-        shown = "expired" if group["state"] == "dead" else group["state"]  # as the filter does
+        shown = listed_state(group["state"])  # as the filter does
         row[shown] = row.get(shown, 0) + group["n"]
         row["purgeable"] += group["n"] if group["state"] == "dead" else 0
         row["total"] += group["n"]

@@ -7,6 +7,7 @@ import enum
 import hashlib
 import math
 import re
+import typing
 from collections.abc import Iterable
 
 #: A fixed cost per entry on top of its bytes and strings: the Entry object,
@@ -75,27 +76,78 @@ class State(enum.Enum):
     DEAD = "dead"  # useless: no window left in which it could be served
 
 
+class Window(typing.NamedTuple):
+    """One row of the state table: entries of a status class whose age is in
+    ``[from_ms, until_ms)`` are in ``state``."""
+
+    state: State
+    negative: bool  # the 404 class, or every other status
+    from_ms: float
+    until_ms: float
+
+
+#: The state rules: per status class (a 404 or not), the states in order of
+#: age, each with the :class:`Policy` window that ends it; past the last, an
+#: entry is dead. A 404 has no stale window and is never served as
+#: stale-if-error.
+STATE_TABLE: tuple[tuple[bool, tuple[tuple[State, str], ...]], ...] = (
+    (
+        False,
+        (
+            (State.FRESH, "fresh_ms"),
+            (State.STALE, "stale_ms"),
+            (State.EXPIRED, "stale_if_error_ms"),
+        ),
+    ),
+    (True, ((State.FRESH, "negative_ms"),)),
+)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Policy:
-    """The windows of one endpoint, in milliseconds."""
+    """The windows of one endpoint, in milliseconds.
+
+    :attr:`windows` is the one description of the states: :meth:`state`
+    (every hit) and the SQL conditions of the admin and ``purge_stale``
+    (:mod:`coalescing.models`) are both read from it.
+    """
 
     fresh_ms: int
     stale_ms: int
     stale_if_error_ms: int
     negative_ms: int
+    #: Per status class, in order of age: the windows that tile the age axis.
+    windows: tuple[Window, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    #: :attr:`windows` as ``(until_ms, state)`` pairs by class, for :meth:`state`.
+    _ladders: tuple[tuple[tuple[float, State], ...], ...] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        # Each window starts where the one before ends, so one shorter than
+        # the one before it is empty: as in ``if age < fresh ... elif age <
+        # stale ...``, the first upper bound an age is below wins.
+        windows: list[Window] = []
+        for negative, bounds in STATE_TABLE:
+            start = -math.inf
+            for state, field in bounds:
+                until = max(start, getattr(self, field))
+                windows.append(Window(state, negative, start, until))
+                start = until
+            windows.append(Window(State.DEAD, negative, start, math.inf))
+        object.__setattr__(self, "windows", tuple(windows))
+        ladders = tuple(
+            tuple((w.until_ms, w.state) for w in windows if w.negative is negative)
+            for negative in (False, True)
+        )
+        object.__setattr__(self, "_ladders", ladders)
 
     def state(self, entry: Entry, now: float) -> State:
         age_ms = (now - entry.fetched_at) * 1000.0
-        if entry.negative:
-            # A 404 has no stale window and is never served as stale-if-error.
-            return State.FRESH if age_ms < self.negative_ms else State.DEAD
-        if age_ms < self.fresh_ms:
-            return State.FRESH
-        if age_ms < self.stale_ms:
-            return State.STALE
-        if age_ms < self.stale_if_error_ms:
-            return State.EXPIRED
-        return State.DEAD
+        for until_ms, state in self._ladders[entry.negative]:
+            if age_ms < until_ms:
+                return state
+        return State.DEAD  # not reached: the last window has no upper bound
 
     def usable_on_error(self, entry: Entry, now: float) -> bool:
         return not entry.negative and (now - entry.fetched_at) * 1000.0 < self.stale_if_error_ms

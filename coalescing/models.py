@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -11,12 +12,28 @@ from django.db.models import Q
 
 from . import registry
 from .conf import get_settings
-from .entry import Entry, Policy
+from .entry import Entry, Policy, State, Window
 
-#: The values of the admin's ``state`` filter (CONTRACT.md). ``in_state`` also
-#: knows ``dead``: past every window in which the entry could be served.
+#: The values of the admin's ``state`` filter: every row is in exactly one.
+#: ``in_state`` also knows ``dead``: past every window in which the entry
+#: could be served, which the admin lists among the expired.
 STATES = ("fresh", "stale", "expired", "negative")
+ROW_STATES = (*STATES, "dead")
 NEGATIVE_STATUS = 404
+
+
+def row_state(state: State, negative: bool) -> str:
+    """The name of a row in ``state``: ``fresh``, ``stale``, ``expired``,
+    ``negative`` (a fresh 404) or ``dead``."""
+    if state is State.DEAD:
+        return "dead"
+    return "negative" if negative else state.value
+
+
+def listed_state(name: str) -> str:
+    """The :data:`STATES` value a row named ``name`` is listed under: a dead
+    row is not servable as is either, so the admin counts it as expired."""
+    return "expired" if name == "dead" else name
 
 
 def default_policy() -> Policy:
@@ -60,31 +77,40 @@ def policy_groups(endpoint: str | None = None) -> list[tuple[Q, Policy]]:
     return groups
 
 
+def _names(window: Window) -> tuple[str, str]:
+    """What the rows of a window answer to: their own name and the listed one."""
+    name = row_state(window.state, window.negative)
+    return name, listed_state(name)
+
+
 def _state_condition(state: str, policy: Policy, at_ms: int) -> Q:
-    """Rows of one policy in ``state``, as conditions on status and fetch time.
+    """Rows of one policy in ``state`` (a :data:`ROW_STATES` name), as
+    conditions on status and fetch time, read from :attr:`Policy.windows`.
 
-    An age below a window ``w`` is ``fetched_at_ms > at_ms - w``.
+    An age of at least ``a`` and below ``b`` is
+    ``at_ms - b < fetched_at_ms <= at_ms - a``.
     """
-    negative = Q(status=NEGATIVE_STATUS)
-    positive = ~negative
-
-    def age_below(window_ms: int) -> Q:
-        return Q(fetched_at_ms__gt=at_ms - window_ms)
-
-    if state == "fresh":
-        return positive & age_below(policy.fresh_ms)
-    if state == "stale":
-        return positive & ~age_below(policy.fresh_ms) & age_below(policy.stale_ms)
-    if state == "expired":  # not servable as is, including rows past every window
-        return (positive & ~age_below(policy.stale_ms)) | (
-            negative & ~age_below(policy.negative_ms)
-        )
-    if state == "negative":
-        return negative & age_below(policy.negative_ms)
-    if state == "dead":
-        lifetime = max(policy.stale_ms, policy.stale_if_error_ms)
-        return (positive & ~age_below(lifetime)) | (negative & ~age_below(policy.negative_ms))
-    raise ValueError(f"unknown state {state!r} (known: {', '.join((*STATES, 'dead'))})")
+    if state not in ROW_STATES:
+        raise ValueError(f"unknown state {state!r} (known: {', '.join(ROW_STATES)})")
+    condition: Q | None = None
+    for negative in (False, True):
+        # The windows of a name are adjacent in a class: one age range each.
+        ages = [
+            (w.from_ms, w.until_ms)
+            for w in policy.windows
+            if w.negative is negative and state in _names(w)
+        ]
+        if not ages:
+            continue
+        part = Q(status=NEGATIVE_STATUS) if negative else ~Q(status=NEGATIVE_STATUS)
+        from_ms, until_ms = ages[0][0], ages[-1][1]
+        if from_ms != -math.inf:
+            part &= Q(fetched_at_ms__lte=at_ms - from_ms)
+        if until_ms != math.inf:
+            part &= Q(fetched_at_ms__gt=at_ms - until_ms)
+        condition = part if condition is None else condition | part
+    assert condition is not None  # every name has a window in some class
+    return condition
 
 
 def now_ms() -> int:
