@@ -358,15 +358,36 @@ class Coalescer:
                 else:
                     guard.call("delete", lambda t=guard.tier, k=keys: t.delete_many(k))
 
-    def flush(self) -> None:
-        """Write out buffered tier writes (graceful stop, tests)."""
-        for guard in self.tiers:
-            guard.call("flush", guard.tier.flush)
+    def flush(self) -> list[str]:
+        """Write out buffered tier writes (tests, invalidation); see :meth:`_write_out`."""
+        return self._write_out("flush")
 
-    def close(self) -> None:
-        """Write out buffered writes, then stop the tiers' threads (a coalescer replaced)."""
+    def close(self) -> list[str]:
+        """Write out buffered writes, then stop the tiers' threads (graceful stop,
+        a coalescer replaced); see :meth:`_write_out`."""
+        return self._write_out("close")
+
+    def _write_out(self, op: str) -> list[str]:
+        """Call each tier's ``flush`` or ``close``; what could not be written, one
+        line per tier (empty when all was).
+
+        A buffering tier is tried even while its breaker is open: this is the
+        last chance for what it holds, and its write bound caps the wait.
+        """
+        unwritten: list[str] = []
         for guard in self.tiers:
-            guard.call("close", guard.tier.close)
+            method = getattr(guard.tier, op)
+            if not guard.tier.buffers_writes:
+                guard.call(op, method)
+                continue
+            try:
+                method()
+            except Exception as exc:
+                guard.health.failed(op, exc)
+                unwritten.append(f"{guard.tier.name}: {exc}")
+            else:
+                guard.health.succeeded(op)
+        return unwritten
 
     def _from_outcome(self, lk: Lookup, outcome: Outcome, started: bool) -> Answer:
         entry, source = outcome.entry, outcome.source

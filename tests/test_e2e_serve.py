@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -296,3 +297,20 @@ def test_sigterm_finishes_the_requests_in_hand(server, upstream):
     assert {a.status_code for a in answers} == {200}
     with pytest.raises(requests.ConnectionError):
         product(server)  # no longer accepting
+
+
+def test_a_stop_that_cannot_write_says_so(upstream, sqlite_url):
+    """Another process holds the SQLite write lock through the stop: the
+    buffered write is lost, and the last line says so instead of "written"."""
+    srv = start(upstream, sqlite_url, DATABASE_TIMEOUT_MS=200)
+    lock = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        assert product(srv).status_code == 200
+        assert srv.stop() == 0
+    finally:
+        lock.close()
+    log = srv.log_path.read_text()
+    assert "cache writes lost: db: 1 cache writes could not be written" in log, log
+    assert "pending cache writes written" not in log
+    assert "Traceback" not in log and "they are lost" not in log  # said once

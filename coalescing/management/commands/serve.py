@@ -120,5 +120,8 @@ class Command(BaseCommand):
         self.stdout.write(f"Serving on http://{host}:{httpd.address[1]}/ (gevent; Ctrl-C stops)")
         self.stdout.flush()
         httpd.serve_forever()
-        get_coalescer().flush()
-        self.stdout.write("Stopped; pending cache writes written.")
+        unwritten = get_coalescer().close()
+        if unwritten:
+            self.stderr.write("Stopped; cache writes lost: " + "; ".join(unwritten))
+        else:
+            self.stdout.write("Stopped; pending cache writes written.")
