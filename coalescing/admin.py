@@ -34,7 +34,8 @@ from django.utils.text import Truncator
 from . import metrics, operations, registry
 from .conf import get_settings
 from .entry import Entry
-from .models import STATES, CacheEntry, endpoint_policy, listed_state, row_state, state_q
+from .models import STATES, CacheEntry, listed_state, row_state, state_q
+from .policies import current_policies
 from .runtime import get_coalescer
 
 #: At most this many entries are refreshed by one action: each is an upstream call.
@@ -99,7 +100,7 @@ class StateFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = self.value()
-        return queryset.in_state(value) if value in STATES else queryset
+        return queryset.in_state(value, current_policies()) if value in STATES else queryset
 
 
 def entry_state(obj: CacheEntry, now: float | None = None) -> str:
@@ -114,7 +115,8 @@ def entry_state(obj: CacheEntry, now: float | None = None) -> str:
         content_type="",
         fetched_at=obj.fetched_at_ms / 1000.0,
     )
-    state = endpoint_policy(obj.endpoint).state(entry, time.time() if now is None else now)
+    policy = current_policies().of(obj.endpoint)
+    state = policy.state(entry, time.time() if now is None else now)
     return row_state(state, entry.negative)
 
 
@@ -368,10 +370,10 @@ def entry_counts() -> list[dict[str, Any]]:
     a sort (PostgreSQL plans either the same). Endpoints no longer registered
     keep their rows (``purge_stale`` fodder) and get a line of their own.
     """
-    now = round(time.time() * 1000)
+    now, policies = round(time.time() * 1000), current_policies()
     state = Case(
         *(
-            When(state_q(name, now=now), then=Value(name))
+            When(state_q(name, policies, now=now), then=Value(name))
             for name in ("fresh", "stale", "negative", "dead")
         ),
         default=Value("expired"),

@@ -36,6 +36,7 @@ from .params import (
     query_lists,
     stored_params,
 )
+from .policies import policy_of
 from .responses import build_response, error_response
 from .runtime import get_coalescer
 from .upstream import UpstreamRequest
@@ -124,14 +125,7 @@ class CoalescedEndpoint(Generic[P]):
         cached = getattr(self, "_policy", None)
         if cached is not None and cached[0] is conf:
             return cached[1]
-        fresh = _pick(self.fresh_ttl_ms, conf.fresh_ttl_ms)
-        stale = max(fresh, _pick(self.stale_ttl_ms, conf.stale_ttl_ms))
-        policy = Policy(
-            fresh_ms=fresh,
-            stale_ms=stale,
-            stale_if_error_ms=_pick(self.stale_if_error_ms, conf.stale_if_error_ms),
-            negative_ms=_pick(self.negative_ttl_ms, conf.negative_ttl_ms),
-        )
+        policy = policy_of(conf, self)
         self._policy = (conf, policy)
         return policy
 
@@ -287,7 +281,3 @@ PATH_PARAMETER = re.compile(r"\{(?:\w+:)?(\w+)\}")
 def _path_kwargs(request: HttpRequest) -> dict[str, str]:
     match = getattr(request, "resolver_match", None)
     return match.kwargs if match is not None else {}
-
-
-def _pick(override: int | None, default: int) -> int:
-    return default if override is None else override

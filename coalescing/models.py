@@ -10,9 +10,9 @@ from typing import Any
 from django.db import connections, models
 from django.db.models import Q
 
-from . import registry
 from .conf import get_settings
 from .entry import Entry, Policy, State, Window
+from .policies import Group, Policies
 
 #: The values of the admin's ``state`` filter: every row is in exactly one.
 #: ``in_state`` also knows ``dead``: past every window in which the entry
@@ -34,47 +34,6 @@ def listed_state(name: str) -> str:
     """The :data:`STATES` value a row named ``name`` is listed under: a dead
     row is not servable as is either, so the admin counts it as expired."""
     return "expired" if name == "dead" else name
-
-
-def default_policy() -> Policy:
-    """The windows of the settings, for rows of endpoints no longer registered."""
-    conf = get_settings()
-    return Policy(
-        fresh_ms=conf.fresh_ttl_ms,
-        stale_ms=max(conf.fresh_ttl_ms, conf.stale_ttl_ms),
-        stale_if_error_ms=conf.stale_if_error_ms,
-        negative_ms=conf.negative_ttl_ms,
-    )
-
-
-def endpoint_policy(name: str) -> Policy:
-    """The windows of the endpoint ``name``, or the settings' for an unknown name."""
-    try:
-        return registry.get(name)().policy()
-    except KeyError:
-        return default_policy()
-
-
-def policy_groups(endpoint: str | None = None) -> list[tuple[Q, Policy]]:
-    """Rows partitioned by the policy that applies to them: ``(which rows, policy)``.
-
-    Endpoints whose windows are the settings' fall into one group with every
-    unregistered endpoint, so with no per-endpoint overrides the state
-    queries carry no condition on ``endpoint`` at all and use the age index.
-    With ``endpoint``, only that endpoint's rows (``KeyError`` if unknown).
-    """
-    if endpoint is not None:
-        return [(Q(endpoint=endpoint), registry.get(endpoint)().policy())]
-    default = default_policy()
-    special: dict[Policy, list[str]] = {}
-    for name in registry.names():
-        policy = registry.get(name)().policy()
-        if policy != default:
-            special.setdefault(policy, []).append(name)
-    groups = [(Q(endpoint__in=names), policy) for policy, names in special.items()]
-    overridden = [name for names in special.values() for name in names]
-    groups.append((~Q(endpoint__in=overridden) if overridden else Q(), default))
-    return groups
 
 
 def _names(window: Window) -> tuple[str, str]:
@@ -117,19 +76,27 @@ def now_ms() -> int:
     return round(time.time() * 1000)
 
 
-def state_q(state: str, *, endpoint: str | None = None, now: int | None = None) -> Q:
+def state_q(
+    state: str, policies: Policies, *, endpoint: str | None = None, now: int | None = None
+) -> Q:
     """The condition of rows in ``state`` (``fresh``, ``stale``, ``expired``,
-    ``negative`` or ``dead``), each endpoint with its own windows.
+    ``negative`` or ``dead``), each endpoint with its windows in ``policies``.
 
     Conditions on ``status`` and ``fetched_at_ms`` only, so the database does
     the work on its age indexes; usable in ``filter()`` and in ``Count(filter=)``.
     """
     at = now_ms() if now is None else now
     condition = Q()
-    for i, (rows, policy) in enumerate(policy_groups(endpoint)):
-        part = rows & _state_condition(state, policy, at)
+    for i, group in enumerate(policies.groups(endpoint)):
+        part = _rows_of(group) & _state_condition(state, group.policy, at)
         condition = part if i == 0 else condition | part
     return condition
+
+
+def _rows_of(group: Group) -> Q:
+    if group.endpoints is not None:
+        return Q(endpoint__in=group.endpoints)
+    return ~Q(endpoint__in=group.others) if group.others else Q()
 
 
 #: The columns of an :class:`Entry`, in the order ``get_entry`` and ``upsert_many`` use.
@@ -157,14 +124,21 @@ def stored_tags(tags: Iterable[str]) -> str:
 
 class CacheEntryQuerySet(models.QuerySet["CacheEntry"]):
     def in_state(
-        self, state: str, *, endpoint: str | None = None, now: int | None = None
+        self,
+        state: str,
+        policies: Policies,
+        *,
+        endpoint: str | None = None,
+        now: int | None = None,
     ) -> CacheEntryQuerySet:
         """Rows in ``state``: one query, see :func:`state_q`."""
-        return self.filter(state_q(state, endpoint=endpoint, now=now))
+        return self.filter(state_q(state, policies, endpoint=endpoint, now=now))
 
-    def dead(self, *, endpoint: str | None = None, now: int | None = None) -> CacheEntryQuerySet:
+    def dead(
+        self, policies: Policies, *, endpoint: str | None = None, now: int | None = None
+    ) -> CacheEntryQuerySet:
         """Rows past every window in which they could still be served."""
-        return self.in_state("dead", endpoint=endpoint, now=now)
+        return self.in_state("dead", policies, endpoint=endpoint, now=now)
 
 
 class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # type: ignore[misc]
@@ -267,6 +241,7 @@ class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # ty
 
     def purge_stale(
         self,
+        policies: Policies,
         *,
         using: str | None = None,
         endpoint: str | None = None,
@@ -291,7 +266,7 @@ class CacheEntryManager(models.Manager.from_queryset(CacheEntryQuerySet)):  # ty
             raise ValueError(f"batch_size must be 1 to {MAX_BATCH_SIZE}, got {batch_size}")
         alias = using or get_settings().database_alias
         at = now_ms() if now is None else now
-        dead = self.using(alias).dead(endpoint=endpoint, now=at)
+        dead = self.using(alias).dead(policies, endpoint=endpoint, now=at)
         total = 0
         for batch in _key_batches(dead, batch_size):
             count = len(batch) if dry_run else delete_in_short_transactions(dead, batch)

@@ -21,6 +21,7 @@ from . import registry
 from .coalescer import Answer, Lookup
 from .entry import check_tags
 from .errors import BadRequest
+from .policies import current_policies
 from .runtime import get_coalescer
 
 
@@ -52,10 +53,8 @@ def invalidate_tag(tag: str, soft: bool = True) -> int:
     runs, so a popular tag is not followed by a cold stampede (Fastly's soft
     purge). ``soft=False`` removes them.
     """
-    from .models import endpoint_policy
-
     check_tags([tag])
-    return get_coalescer().invalidate_tag(tag, endpoint_policy, soft=soft)
+    return get_coalescer().invalidate_tag(tag, current_policies().of, soft=soft)
 
 
 def invalidate_key(key_hash: str, name: str | None = None) -> None:

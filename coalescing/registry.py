@@ -45,6 +45,11 @@ def names() -> list[str]:
     return sorted(_endpoints)
 
 
+def classes() -> dict[str, type[CoalescedEndpoint]]:
+    """Every endpoint class by name (a copy)."""
+    return dict(_endpoints)
+
+
 #: The endpoint instance serving each route ``register`` made, by its url name.
 _served: dict[str, CoalescedEndpoint] = {}
 

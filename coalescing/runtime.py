@@ -15,6 +15,7 @@ from django.dispatch import receiver
 
 from .coalescer import WAIT_MARGIN_S, Coalescer
 from .conf import CoalescingSettings, get_settings
+from .policies import current_policies
 from .tiers.memory import MemoryTier
 from .upstream import UpstreamClient
 
@@ -102,7 +103,6 @@ def _redis_clients(conf: CoalescingSettings) -> tuple[Any, Any]:
 def _distributed(conf: CoalescingSettings, coalescer: Coalescer, tier: Any, listener: Any) -> Any:
     from .distributed import DistributedFlight
     from .lease import Leases, Notifier
-    from .models import endpoint_policy
 
     memory = coalescer.memory
     notifier = Notifier(
@@ -110,7 +110,9 @@ def _distributed(conf: CoalescingSettings, coalescer: Coalescer, tier: Any, list
         listener,
         channel=f"{conf.redis_prefix}:events",
         on_evict=lambda key_hash, name: memory.delete(key_hash),
-        on_tag=lambda tag, soft: coalescer.purge_tag_in_memory(tag, endpoint_policy, soft=soft),
+        on_tag=lambda tag, soft: coalescer.purge_tag_in_memory(
+            tag, current_policies().of, soft=soft
+        ),
     )
     notifier.start()  # evictions must reach this process from now on
     guard = coalescer.guard("redis")

@@ -16,6 +16,7 @@ from django.test import Client
 
 from coalescing import CallFailed, coalesced, runtime
 from coalescing.models import CacheEntry
+from coalescing.policies import current_policies
 from tests.servers import ROOT, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -179,7 +180,7 @@ def test_entries_are_in_the_admin_and_go_with_purge_stale(clock):
     assert source.calls == 2  # the admin's refresh called the function again
     coalescer.flush()
     far = round((time.time() + 10_000) * 1000)
-    assert CacheEntry.objects.purge_stale(endpoint="test-rates", now=far) == 1
+    assert CacheEntry.objects.purge_stale(current_policies(), endpoint="test-rates", now=far) == 1
     assert not CacheEntry.objects.filter(endpoint="test-rates").exists()
 
 

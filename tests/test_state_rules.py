@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from coalescing.entry import Entry, Policy, State, make_key
 from coalescing.models import ROW_STATES, STATES, CacheEntry, listed_state, row_state
+from coalescing.policies import current_policies
 
 pytestmark = pytest.mark.django_db(
     databases=["default", "postgres"] if "postgres" in settings.DATABASES else ["default"]
@@ -84,11 +85,12 @@ def test_sql_state_is_python_state(db_alias, policy, clock, drawn, registered):
     with override_settings(COALESCING=conf):
         objects.all().delete()
         CacheEntry.objects.upsert_many(entries, using=db_alias)
+        policies = current_policies()
         found = {
-            name: set(objects.in_state(name, now=clock).values_list("key_hash", flat=True))
+            name: set(objects.in_state(name, policies, now=clock).values_list("pk", flat=True))
             for name in ROW_STATES
         }
-        dead = set(objects.dead(now=clock).values_list("key_hash", flat=True))
+        dead = set(objects.dead(policies, now=clock).values_list("key_hash", flat=True))
     assert dead == found["dead"]
     for e in entries:
         name = row_state(policy.state(e, clock / 1000.0), e.negative)

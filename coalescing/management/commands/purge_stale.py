@@ -14,6 +14,7 @@ from django.db import connections
 from coalescing import registry
 from coalescing.conf import get_settings
 from coalescing.models import MAX_BATCH_SIZE, CacheEntry
+from coalescing.policies import current_policies
 
 
 class Command(BaseCommand):
@@ -55,6 +56,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"{verb} {count} in this batch, {total} so far")
 
         total = CacheEntry.objects.purge_stale(
+            current_policies(),
             using=using,
             endpoint=endpoint,
             batch_size=batch_size,
