@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from coalescing.entry import Entry, make_key
 from tests.upstream import FakeUpstream
 
 SERVICES_REQUIRED = os.environ.get("REQUIRE_SERVICES") == "1"
@@ -13,6 +15,81 @@ POSTGRES_URL = os.environ.get(
     "DATABASE_URL_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379/15")
+
+
+class Clock:
+    """A clock the test moves: a coalescer's ``clock`` (``coalescer.clock = Clock()``)."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = float(round(time.time())) if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, ms: float) -> None:
+        self.now += ms / 1000.0
+
+
+def make_entry(
+    name: str = "SKU1",
+    *,
+    key_hash: str | None = None,
+    cache_key: str | None = None,
+    endpoint: str = "products",
+    status: int | None = None,
+    negative: bool = False,
+    body: bytes | None = None,
+    body_size: int | None = None,
+    fetched_at: float | None = None,
+    age_ms: float | None = None,
+    now: float | Callable[[], float] | None = None,
+    params: str = "",
+    tags: tuple[str, ...] = (),
+    upstream_etag: str = "",
+    upstream_modified: str = "",
+    content_type: str = "application/json",
+) -> Entry:
+    """The one ``Entry`` factory of the suite.
+
+    Its key is the endpoint's ``cache_key`` (default ``"<name>::*"``, as a
+    lookup without fields makes it) through :func:`make_key`; ``key_hash``
+    overrides the hash, for tier tests that use short ones. The body is
+    ``body``, else ``body_size`` random bytes (random: PostgreSQL would
+    compress a repeated byte to nothing), else a product's JSON (a 404's for
+    a negative entry). The fetch time is ``fetched_at``, else ``age_ms``
+    before ``now`` (a number or a clock; the wall clock by default) rounded to
+    the millisecond the tiers keep, else 1000.0 (long ago).
+    """
+    if status is None:
+        status = 404 if negative else 200
+    readable, hashed = make_key(endpoint, f"{name}::*" if cache_key is None else cache_key)
+    if body is None:
+        if body_size is not None:
+            body = os.urandom(body_size)
+        elif status == 404:
+            body = b'{"detail":"Not found"}'
+        else:
+            body = b'{"id":"%s","price":3}' % name.encode()
+    if fetched_at is None:
+        if age_ms is None:
+            fetched_at = 1000.0
+        else:
+            at = now() if callable(now) else (time.time() if now is None else now)
+            fetched_at = round(at - age_ms / 1000.0, 3)
+    return Entry(
+        key_hash=hashed if key_hash is None else key_hash,
+        key=readable,
+        endpoint=endpoint,
+        name=name,
+        status=status,
+        body=body,
+        content_type=content_type,
+        fetched_at=fetched_at,
+        params=params,
+        upstream_etag=upstream_etag,
+        upstream_modified=upstream_modified,
+        tags=tags,
+    )
 
 
 def missing_service(reason: str) -> None:

@@ -10,9 +10,10 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from coalescing import registry, runtime
-from coalescing.entry import Entry, make_key
+from coalescing.entry import Entry
 from coalescing.models import CacheEntry
 from products.endpoints import ProductEndpoint
+from tests.conftest import make_entry
 
 CHANGELIST = "/admin/coalescing/cacheentry/"
 SUMMARY = "/admin/coalescing/cacheentry/summary/"
@@ -28,22 +29,9 @@ def fresh_coalescer(settings, upstream):
     runtime.reset()
 
 
-def entry(product: str, age_ms: int, status: int = 200, endpoint: str = "products") -> Entry:
-    readable, key_hash = make_key(endpoint, f"{product}::*")
-    body = (
-        b'{"detail":"Not found"}' if status == 404 else b'{"id":"%s","price":3}' % product.encode()
-    )
-    return Entry(
-        key_hash=key_hash,
-        key=readable,
-        endpoint=endpoint,
-        name=product,
-        status=status,
-        body=body,
-        content_type="application/json",
-        fetched_at=round(time.time() - age_ms / 1000.0, 3),
-        params=ProductEndpoint().lookup_query({"productId": [product]}).params,
-    )
+def lookup_params(product: str) -> str:
+    """What a lookup of ``product`` stores as its parameters: how a refresh asks again."""
+    return ProductEndpoint().lookup_query({"productId": [product]}).params
 
 
 def store(*entries: Entry) -> dict[str, str]:
@@ -99,7 +87,11 @@ def test_staff_without_the_model_permissions_are_refused(client):
 
 @pytest.mark.django_db
 def test_changelist_shows_the_columns_newest_first(staff_client):
-    store(entry("OLD", 30_000), entry("NEW", 1_000), entry("GONE", 3_000, status=404))
+    store(
+        make_entry("OLD", age_ms=30_000),
+        make_entry("NEW", age_ms=1_000),
+        make_entry("GONE", age_ms=3_000, status=404),
+    )
     response = staff_client.get(CHANGELIST)
     names = [obj.name for obj in response.context["cl"].result_list]
     assert names == ["NEW", "GONE", "OLD"]
@@ -115,10 +107,15 @@ def test_changelist_shows_the_columns_newest_first(staff_client):
 
 @pytest.mark.django_db
 def test_search_finds_a_product_by_its_id_and_a_key_by_its_hash(staff_client):
-    hashes = store(entry("SKU1", 1_000), entry("SKU2", 1_000), entry("SKU10", 1_000))
+    hashes = store(
+        make_entry("SKU1", age_ms=1_000),
+        make_entry("SKU2", age_ms=1_000),
+        make_entry("SKU10", age_ms=1_000),
+    )
     # prices are coalesced by region: the productId is only in the readable key
-    readable, key_hash = make_key("prices", "eu::SKU1")
-    price = Entry(key_hash, readable, "prices", "eu", 200, b"{}", "application/json", time.time())
+    price = make_entry(
+        "eu", cache_key="eu::SKU1", endpoint="prices", body=b"{}", fetched_at=time.time()
+    )
     CacheEntry.objects.upsert_many([price])
 
     assert listed(staff_client.get(CHANGELIST, {"q": "SKU2"})) == {"SKU2"}
@@ -134,7 +131,11 @@ def test_search_with_many_matches_takes_the_plain_path(staff_client, monkeypatch
     from coalescing import admin as cache_admin
 
     monkeypatch.setattr(cache_admin, "SEARCH_PIN_LIMIT", 1)
-    store(entry("SKU1", 1_000), entry("SKU2", 1_000), entry("SKU10", 1_000))
+    store(
+        make_entry("SKU1", age_ms=1_000),
+        make_entry("SKU2", age_ms=1_000),
+        make_entry("SKU10", age_ms=1_000),
+    )
     assert listed(staff_client.get(CHANGELIST, {"q": "SKU1"})) == {"SKU1", "SKU10"}
     assert listed(staff_client.get(CHANGELIST, {"q": "SKU2"})) == {"SKU2"}
 
@@ -148,17 +149,17 @@ def test_state_filter_is_a_query_with_each_endpoints_windows(staff_client, monke
     Quick.fresh_ttl_ms, Quick.stale_ttl_ms = 2_000, 3_000
     monkeypatch.setitem(registry._endpoints, "quick", Quick)
     store(
-        entry("FRESH", 1_000),
-        entry("STALE", FRESH_MS + 5_000),
-        entry("EXPIRED", STALE_MS + 5_000),
-        entry("DEAD", ERROR_MS + 5_000),
-        entry("NEG", 1_000, status=404),
-        entry("NEG-OLD", NEGATIVE_MS + 1_000, status=404),
+        make_entry("FRESH", age_ms=1_000),
+        make_entry("STALE", age_ms=FRESH_MS + 5_000),
+        make_entry("EXPIRED", age_ms=STALE_MS + 5_000),
+        make_entry("DEAD", age_ms=ERROR_MS + 5_000),
+        make_entry("NEG", age_ms=1_000, status=404),
+        make_entry("NEG-OLD", age_ms=NEGATIVE_MS + 1_000, status=404),
         # 5 s old: fresh by the settings, expired by its endpoint's 3 s stale window
-        entry("QUICK", 5_000, endpoint="quick"),
-        entry("QUICK-NEW", 0, endpoint="quick"),
+        make_entry("QUICK", age_ms=5_000, endpoint="quick"),
+        make_entry("QUICK-NEW", age_ms=0, endpoint="quick"),
         # an endpoint no longer registered: the settings' windows
-        entry("ORPHAN", FRESH_MS + 5_000, endpoint="retired"),
+        make_entry("ORPHAN", age_ms=FRESH_MS + 5_000, endpoint="retired"),
     )
     cases = {
         "fresh": {"FRESH", "QUICK-NEW"},
@@ -175,7 +176,7 @@ def test_state_filter_is_a_query_with_each_endpoints_windows(staff_client, monke
 
 @pytest.mark.django_db
 def test_endpoint_filter(staff_client):
-    store(entry("A", 1_000), entry("B", 1_000, endpoint="prices"))
+    store(make_entry("A", age_ms=1_000), make_entry("B", age_ms=1_000, endpoint="prices"))
     assert listed(staff_client.get(CHANGELIST, {"endpoint": "prices"})) == {"B"}
     assert listed(staff_client.get(CHANGELIST, {"endpoint": "products"})) == {"A"}
 
@@ -186,7 +187,7 @@ def test_the_list_does_not_count_a_huge_table(staff_client, monkeypatch):
 
     monkeypatch.setattr(CappedCountPaginator, "cap", 3)
     monkeypatch.setattr(CacheEntryAdmin, "list_per_page", 2)
-    store(*(entry(f"P{i}", 1_000 + i) for i in range(6)))
+    store(*(make_entry(f"P{i}", age_ms=1_000 + i) for i in range(6)))
     response = staff_client.get(CHANGELIST)
     assert "more than 3 cache entries" in response.content.decode()
     assert listed(response) == {"P0", "P1"}
@@ -195,7 +196,7 @@ def test_the_list_does_not_count_a_huge_table(staff_client, monkeypatch):
 
 @pytest.mark.django_db
 def test_an_entry_page_shows_the_body_pretty_and_read_only(staff_client):
-    hashes = store(entry("SKU9", 1_000))
+    hashes = store(make_entry("SKU9", age_ms=1_000))
     url = f"{CHANGELIST}{hashes['SKU9']}/change/"
     response = staff_client.get(url)
     assert response.status_code == 200
@@ -211,7 +212,7 @@ def test_an_entry_page_shows_the_body_pretty_and_read_only(staff_client):
 
 @pytest.mark.django_db(transaction=True)
 def test_refresh_now_makes_one_upstream_call_per_entry(staff_client, upstream):
-    entries = [entry("R1", 40_000), entry("R2", 40_000), entry("R3", 40_000)]
+    entries = [make_entry(p, age_ms=40_000, params=lookup_params(p)) for p in ("R1", "R2", "R3")]
     hashes = store(*entries)
     before = {e.key_hash: round(e.fetched_at * 1000) for e in entries}
     chosen = [hashes["R1"], hashes["R2"]]
@@ -232,7 +233,7 @@ def test_refresh_now_makes_one_upstream_call_per_entry(staff_client, upstream):
 
 @pytest.mark.django_db(transaction=True)
 def test_refresh_now_reports_an_upstream_failure(staff_client, upstream):
-    hashes = store(entry("R1", 40_000))
+    hashes = store(make_entry("R1", age_ms=40_000, params=lookup_params("R1")))
     upstream.mode, upstream.status = "status", 503
     response = staff_client.post(
         CHANGELIST, {"action": "refresh_now", "_selected_action": [hashes["R1"]]}, follow=True
@@ -306,13 +307,13 @@ def test_deleting_from_the_entry_page_evicts_the_memory_tier(staff_client):
 @pytest.mark.django_db(transaction=True)
 def test_summary_counts_entries_per_endpoint_and_state_and_draws_the_counters(staff_client):
     store(
-        entry("F1", 1_000),
-        entry("F2", 1_000),
-        entry("S", FRESH_MS + 1_000),
-        entry("X", ERROR_MS + 1_000),
-        entry("N", 1_000, status=404),
-        entry("P", 1_000, endpoint="prices"),
-        entry("O", ERROR_MS + 1_000, endpoint="retired"),
+        make_entry("F1", age_ms=1_000),
+        make_entry("F2", age_ms=1_000),
+        make_entry("S", age_ms=FRESH_MS + 1_000),
+        make_entry("X", age_ms=ERROR_MS + 1_000),
+        make_entry("N", age_ms=1_000, status=404),
+        make_entry("P", age_ms=1_000, endpoint="prices"),
+        make_entry("O", age_ms=ERROR_MS + 1_000, endpoint="retired"),
     )
     assert Client().get("/products", {"productId": "NEWONE"})["X-Cache"] == "MISS"
     runtime.get_coalescer().flush()

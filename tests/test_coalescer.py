@@ -12,22 +12,12 @@ from django.test import Client
 
 from coalescing import operations, runtime
 from coalescing.models import CacheEntry
+from tests.conftest import Clock
 from tests.servers import parse_cache_status
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 FRESH_MS, STALE_MS, ERROR_MS, NEGATIVE_MS = 10_000, 60_000, 300_000, 5_000
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(round(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, ms: float) -> None:
-        self.now += ms / 1000.0
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from coalescing.entry import Entry
 from coalescing.models import CacheEntry
 from coalescing.tiers.database import READERS, DatabaseTier
+from tests.conftest import make_entry
 
 pytestmark = pytest.mark.django_db(databases=["default", "postgres"], transaction=True)
 
@@ -28,42 +28,37 @@ def make_tier(db_alias):
         tier.close()
 
 
-def entry(key: str = "k1", fetched_at: float = 1000.0, body: bytes = b'{"a": 1}') -> Entry:
-    return Entry(
-        key_hash=key,
-        key=f"products:{key}",
-        endpoint="products",
-        name="SKU",
-        status=200,
-        body=body,
-        content_type="application/json",
-        fetched_at=fetched_at,
-        params='{"q":{"productId":["SKU"]},"v":null}',
-    )
+PARAMS = '{"q":{"productId":["SKU"]},"v":null}'
 
 
 def test_round_trip_keeps_bytes_and_metadata(db_alias, make_tier):
     tier = make_tier()
     body = bytes(range(256)) * 3
-    tier.set(entry(body=body))
+    tier.set(make_entry(key_hash="k1", body=body, params=PARAMS))
     tier.flush()
     got = CacheEntry.objects.get_entry("k1", using=db_alias)
-    assert got == entry(body=body)
+    assert got == make_entry(key_hash="k1", body=body, params=PARAMS)
     assert CacheEntry.objects.using(db_alias).get(pk="k1").size == len(body)
 
 
 def test_writes_are_monotonic_in_sql(db_alias):
-    CacheEntry.objects.upsert_many([entry(fetched_at=2000.0, body=b"[2]")], using=db_alias)
-    CacheEntry.objects.upsert_many([entry(fetched_at=1000.0, body=b"[1]")], using=db_alias)
+    CacheEntry.objects.upsert_many(
+        [make_entry(key_hash="k1", fetched_at=2000.0, body=b"[2]")], using=db_alias
+    )
+    CacheEntry.objects.upsert_many(
+        [make_entry(key_hash="k1", fetched_at=1000.0, body=b"[1]")], using=db_alias
+    )
     assert CacheEntry.objects.get_entry("k1", using=db_alias).body == b"[2]"
-    CacheEntry.objects.upsert_many([entry(fetched_at=3000.0, body=b"[3]")], using=db_alias)
+    CacheEntry.objects.upsert_many(
+        [make_entry(key_hash="k1", fetched_at=3000.0, body=b"[3]")], using=db_alias
+    )
     assert CacheEntry.objects.get_entry("k1", using=db_alias).body == b"[3]"
 
 
 def test_writes_happen_behind_the_caller_and_are_batched(db_alias, make_tier):
     tier = make_tier(flush_interval=0.01)
     for i in range(50):
-        tier.set(entry(f"k{i}", fetched_at=1000.0 + i))
+        tier.set(make_entry(key_hash=f"k{i}", fetched_at=1000.0 + i))
     # Reads see buffered writes at once, before they reach the database.
     assert tier.get("k49").fetched_at == 1049.0
     tier.flush()
@@ -73,7 +68,7 @@ def test_writes_happen_behind_the_caller_and_are_batched(db_alias, make_tier):
 
 def test_the_writer_thread_writes_without_a_flush(db_alias, make_tier):
     tier = make_tier(flush_interval=0.01)
-    tier.set(entry("bg"))
+    tier.set(make_entry(key_hash="bg"))
     for _ in range(100):
         if CacheEntry.objects.using(db_alias).filter(pk="bg").exists():
             break
@@ -83,9 +78,9 @@ def test_the_writer_thread_writes_without_a_flush(db_alias, make_tier):
 
 def test_delete_removes_the_row_and_the_buffered_write(db_alias, make_tier):
     tier = make_tier()
-    tier.set(entry("gone"))
+    tier.set(make_entry(key_hash="gone"))
     tier.flush()
-    tier.set(entry("gone", fetched_at=5000.0))
+    tier.set(make_entry(key_hash="gone", fetched_at=5000.0))
     tier.delete("gone")
     tier.flush()
     assert tier.get("gone") is None
@@ -98,7 +93,7 @@ def test_concurrent_writers_keep_the_newest(db_alias, make_tier):
     def write(tier: DatabaseTier, start: int) -> None:
         try:
             for i in range(start, 40, 2):
-                tier.set(entry("hot", fetched_at=1000.0 + i, body=str(i).encode()))
+                tier.set(make_entry(key_hash="hot", fetched_at=1000.0 + i, body=str(i).encode()))
                 tier.flush()
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -116,7 +111,7 @@ def test_reads_from_many_threads_share_a_few_long_lived_connections(db_alias, ma
     from django.db.backends.signals import connection_created
 
     tier = make_tier()
-    tier.set(entry("shared"))
+    tier.set(make_entry(key_hash="shared"))
     tier.flush()
     opened: list[str] = []
 
@@ -135,7 +130,7 @@ def test_reads_from_many_threads_share_a_few_long_lived_connections(db_alias, ma
                 t.join(10)
     finally:
         connection_created.disconnect(count)
-    assert tier.get("shared") == entry("shared")
+    assert tier.get("shared") == make_entry(key_hash="shared")
     assert 1 <= len(opened) <= READERS, opened
     assert set(opened) == {"coalescing-db-reader"}
 
@@ -184,10 +179,10 @@ def test_an_outage_is_logged_once_and_the_buffer_written_when_it_ends(
 
     monkeypatch.setattr(CacheEntryManager, "upsert_many", upsert_many)
     # A buffer of three entries' bytes (they are all the same size).
-    tier = make_tier(flush_interval=0.01, max_pending_bytes=3 * entry("out0").size)
+    tier = make_tier(flush_interval=0.01, max_pending_bytes=3 * make_entry(key_hash="out0").size)
     with caplog.at_level("WARNING", logger="coalescing"):
         for i in range(5):  # more than the buffer keeps: the two oldest go
-            tier.set(entry(f"out{i}", fetched_at=1000.0 + i))
+            tier.set(make_entry(key_hash=f"out{i}", fetched_at=1000.0 + i))
         deadline = time.monotonic() + 10
         while len(attempts) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -22,26 +22,18 @@ import pytest
 from django.db import connections
 
 from coalescing import metrics
-from coalescing.entry import Entry
 from coalescing.models import CacheEntry
 from coalescing.tiers.database import DatabaseTier, buffer_budget
+from tests.conftest import make_entry
 
 pytestmark = pytest.mark.django_db(databases=["default", "postgres"], transaction=True)
 
 BODY = 100_000
 
 
-def entry(i: int, body_size: int = BODY, fetched_at: float | None = None) -> Entry:
-    return Entry(
-        key_hash=f"b{i:06d}",
-        key=f"products:B{i}::*",
-        endpoint="products",
-        name=f"B{i}",
-        status=200,
-        body=os.urandom(body_size),  # PostgreSQL would compress a repeated byte to nothing
-        content_type="application/json",
-        fetched_at=fetched_at if fetched_at is not None else 1_000.0 + i,
-    )
+def key(i: int) -> str:
+    """The key hash of the ``i``-th entry: they sort as they were made."""
+    return f"b{i:06d}"
 
 
 def dropped(reason: str) -> float:
@@ -93,12 +85,12 @@ def test_the_budget_is_a_share_of_the_memory_budget_and_holds_one_largest_entry(
 
 
 def test_the_buffer_is_bounded_in_bytes_while_the_database_cannot_write(db_alias, make_tier):
-    budget = 5 * entry(0).size
+    budget = 5 * make_entry(key_hash=key(0), body_size=BODY).size
     tier = make_tier(max_pending_bytes=budget)
     before = dropped("buffer")
     with write_locked(db_alias):
         for i in range(60):
-            tier.set(entry(i))
+            tier.set(make_entry(key_hash=key(i), body_size=BODY, fetched_at=1_000.0 + i))
             assert tier.pending_bytes <= budget  # the batch in the writer's hands included
         assert dropped("buffer") - before >= 50
         # Reads see what is buffered: the newest entries.
@@ -112,7 +104,7 @@ def test_the_buffer_is_bounded_in_bytes_while_the_database_cannot_write(db_alias
 
 
 def test_a_buffered_write_never_marks_the_database_healthy(db_alias, make_tier, caplog):
-    tier = make_tier(max_pending_bytes=10 * entry(0).size)
+    tier = make_tier(max_pending_bytes=10 * make_entry(key_hash=key(0), body_size=BODY).size)
     tier.write_bound = 0.3  # a write blocked longer than this is a failure
     from coalescing.coalescer import TierGuard
 
@@ -120,12 +112,17 @@ def test_a_buffered_write_never_marks_the_database_healthy(db_alias, make_tier, 
     assert guard.health is tier.health  # one Health per tier
     with caplog.at_level("WARNING", logger="coalescing"), write_locked(db_alias):
         for i in range(40):  # a request's miss writes through the guard
-            guard.call("set", lambda i=i: tier.set(entry(i, body_size=100)))
+            guard.call(
+                "set",
+                lambda i=i: tier.set(
+                    make_entry(key_hash=key(i), body_size=100, fetched_at=1_000.0 + i)
+                ),
+            )
             time.sleep(0.03)
         assert tier.health.down
     deadline = time.monotonic() + 10
     while tier.health.down and time.monotonic() < deadline:
-        tier.set(entry(99, body_size=100))
+        tier.set(make_entry(key_hash=key(99), body_size=100, fetched_at=1_099.0))
         time.sleep(0.1)
     messages = [r.getMessage() for r in caplog.records]
     assert len([m for m in messages if "db failing" in m]) == 1, messages
@@ -137,7 +134,7 @@ def test_the_size_on_disk_is_bounded_the_oldest_dropped(db_alias, make_tier):
     tier = make_tier(max_bytes=bound, max_pending_bytes=2**30)
     before = dropped("size")
     for i in range(100):  # 10 MB of bodies
-        tier.set(entry(i))
+        tier.set(make_entry(key_hash=key(i), body_size=BODY, fetched_at=1_000.0 + i))
     tier.flush()
     tier.enforce_size_bound()  # the writer may have done it already, as it wrote
     deadline = time.monotonic() + 10
@@ -162,7 +159,7 @@ def test_the_writer_keeps_the_bound_by_itself(db_alias, make_tier):
     bound = 2 * 2**20
     tier = make_tier(max_bytes=bound, max_pending_bytes=2**30, size_check_s=0)
     for i in range(100):
-        tier.set(entry(i))
+        tier.set(make_entry(key_hash=key(i), body_size=BODY, fetched_at=1_000.0 + i))
         time.sleep(0.005)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -178,7 +175,9 @@ def test_purge_stale_gives_the_sqlite_file_its_space_back():
 
     db_alias = "default"
     path = connections[db_alias].settings_dict["NAME"]
-    old = [entry(i, fetched_at=1_000.0 + i) for i in range(200)]  # 20 MB, long dead
+    old = [
+        make_entry(key_hash=key(i), body_size=BODY, fetched_at=1_000.0 + i) for i in range(200)
+    ]  # 20 MB, long dead
     for start in range(0, len(old), 20):
         CacheEntry.objects.upsert_many(old[start : start + 20], using=db_alias)
 
@@ -198,7 +197,9 @@ def test_purge_stale_never_holds_the_write_lock_for_long(db_alias):
     """While a purge of many rows runs, another writer always gets in within a bound."""
     from django.core.management import call_command
 
-    rows = [entry(i, body_size=500, fetched_at=1_000.0 + i) for i in range(30_000)]
+    rows = [
+        make_entry(key_hash=key(i), body_size=500, fetched_at=1_000.0 + i) for i in range(30_000)
+    ]
     for start in range(0, len(rows), 500):
         CacheEntry.objects.upsert_many(rows[start : start + 500], using=db_alias)
     waits: list[float] = []
@@ -211,7 +212,8 @@ def test_purge_stale_never_holds_the_write_lock_for_long(db_alias):
                 n += 1
                 started = time.monotonic()
                 CacheEntry.objects.upsert_many(
-                    [entry(100_000 + n, body_size=10, fetched_at=time.time())], using=db_alias
+                    [make_entry(key_hash=key(100_000 + n), body_size=10, fetched_at=time.time())],
+                    using=db_alias,
                 )
                 waits.append(time.monotonic() - started)
                 time.sleep(0.005)

@@ -157,8 +157,8 @@ def _main(kind: str, path: str) -> None:
     import django
 
     django.setup()
-    from coalescing.entry import Entry
     from coalescing.tiers.database import DatabaseTier
+    from tests.conftest import make_entry
 
     gaps: list[float] = []
     stop = False
@@ -171,20 +171,17 @@ def _main(kind: str, path: str) -> None:
             gaps.append(now - last - 0.01)
             last = now
 
-    def entry(key: str) -> Entry:
-        return Entry(key, f"products:{key}", "products", key, 200, b"{}", "application/json", 1.0)
-
     tier = DatabaseTier(flush_interval=0.01)
-    tier.set(entry("before"))
+    tier.set(make_entry("before", key_hash="before"))
     tier.flush()
     out: dict[str, object] = {}
     tick = gevent.spawn(ticker)
     gevent.sleep(0.2)
     if kind == "lock":
         holder = lock_holder(path, 3.0)
-        tier.set(entry("during"))  # the writer must wait for the lock
+        tier.set(make_entry("during", key_hash="during"))  # the writer must wait for the lock
         t0 = time.monotonic()
-        out["read_ok"] = tier.get("before") == entry("before")
+        out["read_ok"] = tier.get("before") == make_entry("before", key_hash="before")
         out["read_s"] = time.monotonic() - t0
         gevent.sleep(3.3)
         holder.wait(10)

@@ -17,6 +17,7 @@ from django.test import Client
 from coalescing import CallFailed, coalesced, runtime
 from coalescing.models import CacheEntry
 from coalescing.policies import current_policies
+from tests.conftest import Clock
 from tests.servers import ROOT, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -63,14 +64,6 @@ async def arate(currency: str) -> dict:
 def blob(size: int) -> bytes:
     source("blob")
     return b"\x00\xff" * size
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(round(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from coalescing.coalescer import Answer
 from coalescing.entry import Entry, Policy, State, body_etag
 from coalescing.protection import UpstreamOverloaded
 from coalescing.responses import build_response, cache_control, etag_matches
+from tests.conftest import Clock
 from tests.servers import manage, parse_cache_status, serve, uvicorn
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,17 +32,6 @@ POLICY = Policy(FRESH_MS, STALE_MS, ERROR_MS, NEGATIVE_MS)
 CACHE_CONTROL = "public, max-age=10, stale-while-revalidate=50, stale-if-error=290"
 #: What a 304 repeats of the 200 it stands for.
 REPEATED = ("ETag", "Cache-Control", "X-Cache", "Cache-Status", "Age")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(round(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, ms: float) -> None:
-        self.now += ms / 1000.0
 
 
 def configure(settings, upstream, **extra: object) -> Clock:

@@ -2,19 +2,16 @@ from __future__ import annotations
 
 from coalescing.entry import Entry
 from coalescing.tiers.memory import MemoryTier
-
-
-def entry(key: str, size: int = 100, fetched_at: float = 1000.0) -> Entry:
-    return Entry(key, key, "e", "n", 200, b"x" * size, "application/json", fetched_at)
+from tests.conftest import make_entry
 
 
 def test_lru_evicts_least_recently_used_within_the_byte_budget():
-    one = entry("a").size
+    one = make_entry(key_hash="a").size
     tier = MemoryTier(max_bytes=one * 3)
     for key in "abc":
-        tier.set(entry(key))
+        tier.set(make_entry(key_hash=key))
     assert tier.get("a") is not None  # a is now the most recent
-    tier.set(entry("d"))
+    tier.set(make_entry(key_hash="d"))
     assert tier.get("b") is None
     assert {k for k in "acd" if tier.get(k)} == set("acd")
     assert tier.bytes_used <= tier.max_bytes
@@ -23,30 +20,30 @@ def test_lru_evicts_least_recently_used_within_the_byte_budget():
 def test_budget_is_measured_in_stored_bytes():
     tier = MemoryTier(max_bytes=10_000)
     for i in range(100):
-        tier.set(entry(f"k{i}", size=1000))
+        tier.set(make_entry(key_hash=f"k{i}", body_size=1000))
     assert tier.bytes_used <= 10_000
-    assert len(tier) == 10_000 // entry("k10", size=1000).size
+    assert len(tier) == 10_000 // make_entry(key_hash="k10", body_size=1000).size
 
 
 def test_an_entry_larger_than_the_budget_is_not_stored():
     tier = MemoryTier(max_bytes=500)
-    tier.set(entry("big", size=1000))
+    tier.set(make_entry(key_hash="big", body_size=1000))
     assert tier.get("big") is None and tier.bytes_used == 0
 
 
 def test_writes_are_monotonic():
     tier = MemoryTier(max_bytes=10_000)
-    tier.set(entry("k", fetched_at=2000.0))
-    tier.set(entry("k", fetched_at=1000.0))
+    tier.set(make_entry(key_hash="k", fetched_at=2000.0))
+    tier.set(make_entry(key_hash="k", fetched_at=1000.0))
     assert tier.get("k").fetched_at == 2000.0
-    tier.set(entry("k", size=50, fetched_at=3000.0))
+    tier.set(make_entry(key_hash="k", body_size=50, fetched_at=3000.0))
     assert tier.get("k").fetched_at == 3000.0
-    assert tier.bytes_used == entry("k", size=50).size
+    assert tier.bytes_used == make_entry(key_hash="k", body_size=50).size
 
 
 def test_delete_frees_bytes():
     tier = MemoryTier(max_bytes=10_000)
-    tier.set(entry("k"))
+    tier.set(make_entry(key_hash="k"))
     tier.delete("k")
     assert tier.get("k") is None and tier.bytes_used == 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from io import StringIO
 
 import pytest
@@ -10,8 +9,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from coalescing.entry import Entry, make_key
 from coalescing.models import CacheEntry
+from tests.conftest import make_entry
 
 DATABASES = ["default", "postgres"] if "postgres" in settings.DATABASES else ["default"]
 pytestmark = pytest.mark.django_db(databases=DATABASES)
@@ -31,40 +30,28 @@ def windows(settings):
     settings.COALESCING = dict(WINDOWS)
 
 
-def row(name: str, age_ms: int, status: int = 200, endpoint: str = "products") -> Entry:
-    readable, key_hash = make_key(endpoint, f"{name}::*")
-    return Entry(
-        key_hash=key_hash,
-        key=readable,
-        endpoint=endpoint,
-        name=name,
-        status=status,
-        body=b"{}",
-        content_type="application/json",
-        fetched_at=round(time.time() - age_ms / 1000.0, 3),
-    )
-
-
 def seed(alias: str) -> set[str]:
     """Rows in every state; returns the names of those that must be purged."""
     live = [
-        row("fresh", 1_000),
-        row("stale", 30_000),
+        make_entry("fresh", age_ms=1_000),
+        make_entry("stale", age_ms=30_000),
         # past the stale window, but still a fallback on upstream errors
-        row("expired", 60_000 + MARGIN_MS),
-        row("last-chance", 300_000 - MARGIN_MS),
-        row("negative", 5_000 - MARGIN_MS, status=404),
-        row("price", 1_000, endpoint="prices"),
-        row("orphan", 300_000 - MARGIN_MS, endpoint="retired"),  # unregistered: settings apply
+        make_entry("expired", age_ms=60_000 + MARGIN_MS),
+        make_entry("last-chance", age_ms=300_000 - MARGIN_MS),
+        make_entry("negative", age_ms=5_000 - MARGIN_MS, status=404),
+        make_entry("price", age_ms=1_000, endpoint="prices"),
+        make_entry(
+            "orphan", age_ms=300_000 - MARGIN_MS, endpoint="retired"
+        ),  # unregistered: settings apply
     ]
     dead = [
-        row("dead", 300_000 + MARGIN_MS),
-        row("ancient", 86_400_000),
-        row("negative-old", 5_000 + MARGIN_MS, status=404),
+        make_entry("dead", age_ms=300_000 + MARGIN_MS),
+        make_entry("ancient", age_ms=86_400_000),
+        make_entry("negative-old", age_ms=5_000 + MARGIN_MS, status=404),
         # a 404 never serves as stale-if-error: dead long before a 200 would be
-        row("negative-older", 60_000, status=404),
-        row("price-dead", 400_000, endpoint="prices"),
-        row("orphan-dead", 300_000 + MARGIN_MS, endpoint="retired"),
+        make_entry("negative-older", age_ms=60_000, status=404),
+        make_entry("price-dead", age_ms=400_000, endpoint="prices"),
+        make_entry("orphan-dead", age_ms=300_000 + MARGIN_MS, endpoint="retired"),
     ]
     CacheEntry.objects.upsert_many(live + dead, using=alias)
     return {e.name for e in dead}
@@ -149,8 +136,8 @@ def test_an_endpoints_own_windows_apply_to_its_rows(db_alias, monkeypatch):
     monkeypatch.setitem(registry._endpoints, "prices", ShortPrices)
     CacheEntry.objects.upsert_many(
         [
-            row("price-expired", 60_000 + MARGIN_MS, endpoint="prices"),
-            row("kept", 60_000 + MARGIN_MS),
+            make_entry("price-expired", age_ms=60_000 + MARGIN_MS, endpoint="prices"),
+            make_entry("kept", age_ms=60_000 + MARGIN_MS),
         ],
         using=db_alias,
     )

@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from coalescing import runtime
-from coalescing.entry import Entry
 from coalescing.lease import Leases
 from coalescing.tiers.redis import RedisTier, tag
 from products.endpoints import ProductEndpoint
+from tests.conftest import make_entry
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,27 +34,25 @@ def prefix(client):
         client.delete(key)
 
 
-def entry(fetched_at: float, body: bytes = b"[1]", name: str = "SKU1") -> Entry:
-    return Entry("h1", "products:x", "products", name, 200, body, "application/json", fetched_at)
-
-
 def test_round_trip_and_expiry_at_the_end_of_the_last_window(client, prefix):
     tier = RedisTier(client, prefix)
     now = time.time()
-    tier.set(entry(now, body=bytes(range(256))), lifetime_ms=60_000)
+    tier.set(make_entry(key_hash="h1", fetched_at=now, body=bytes(range(256))), lifetime_ms=60_000)
     got = tier.get("h1", "SKU1")
     assert got.body == bytes(range(256)) and got.name == "SKU1"
     ttl = client.pttl(tier.entry_key("h1", "SKU1"))
     assert 58_000 < ttl <= 60_000
-    tier.set(entry(now - 100, body=b"[old]"), lifetime_ms=50)  # already dead: not stored
+    tier.set(
+        make_entry(key_hash="h1", fetched_at=now - 100, body=b"[old]"), lifetime_ms=50
+    )  # already dead: not stored
     assert tier.get("h1", "SKU1").body == bytes(range(256))
 
 
 def test_writes_are_monotonic(client, prefix):
     tier = RedisTier(client, prefix)
     now = time.time()
-    tier.set(entry(now, b"[new]"), 60_000)
-    tier.set(entry(now - 5, b"[older]"), 60_000)
+    tier.set(make_entry(key_hash="h1", fetched_at=now, body=b"[new]"), 60_000)
+    tier.set(make_entry(key_hash="h1", fetched_at=now - 5, body=b"[older]"), 60_000)
     assert tier.get("h1", "SKU1").body == b"[new]"
 
 

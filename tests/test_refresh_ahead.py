@@ -10,20 +10,13 @@ import pytest
 
 from coalescing import runtime
 from products.endpoints import PriceEndpoint
+from tests.conftest import Clock
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 FRESH_S = 1.0
 STEP_S = 0.01
 WINDOWS = 5
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(round(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _settle(coalescer, timeout: float = 10.0) -> None:

@@ -12,19 +12,12 @@ from coalescing import runtime
 from coalescing.metrics import registry_in_force
 from coalescing.models import CacheEntry
 from products.endpoints import ProductEndpoint
+from tests.conftest import Clock
 from tests.servers import parse_cache_status
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 FRESH_S, STALE_S = 10, 60
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(round(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from coalescing.entry import Entry, Policy, State, make_key
+from coalescing.entry import Policy, State
 from coalescing.models import ROW_STATES, STATES, CacheEntry, listed_state, row_state
 from coalescing.policies import current_policies
+from tests.conftest import make_entry
 
 pytestmark = pytest.mark.django_db(
     databases=["default", "postgres"] if "postgres" in settings.DATABASES else ["default"]
@@ -37,26 +38,13 @@ rows = st.lists(st.tuples(st.sampled_from([200, 404]), ages), min_size=1, max_si
 clocks = st.integers(8_000_000_000, 24_000_000_000).map(lambda t: t * TICK_MS)
 
 
-def entry(i: int, status: int, fetched_at_ms: int, endpoint: str) -> Entry:
-    readable, key_hash = make_key(endpoint, f"row-{i}")
-    return Entry(
-        key_hash=key_hash,
-        key=readable,
-        endpoint=endpoint,
-        name=f"row-{i}",
-        status=status,
-        body=b"{}",
-        content_type="application/json",
-        fetched_at=fetched_at_ms / 1000.0,
-    )
-
-
 def test_edges_are_exact_in_python():
     """The premise of the test below: the age Python computes is the integer one."""
     policy = Policy(1_000, 2_000, 3_000, 500)
     at = 1_700_000_000_125
     for age, expected in ((999, State.FRESH), (1_000, State.STALE), (3_000, State.DEAD)):
-        assert policy.state(entry(0, 200, at - age, "x"), at / 1000.0) is expected
+        e = make_entry("row-0", endpoint="x", fetched_at=(at - age) / 1000.0)
+        assert policy.state(e, at / 1000.0) is expected
 
 
 @hsettings(
@@ -80,7 +68,10 @@ def test_sql_state_is_python_state(db_alias, policy, clock, drawn, registered):
         "STALE_IF_ERROR_MS": policy.stale_if_error_ms,
         "NEGATIVE_TTL_MS": policy.negative_ms,
     }
-    entries = [entry(i, status, clock - age, endpoint) for i, (status, age) in enumerate(drawn)]
+    entries = [
+        make_entry(f"row-{i}", endpoint=endpoint, status=status, fetched_at=(clock - age) / 1000.0)
+        for i, (status, age) in enumerate(drawn)
+    ]
     objects = CacheEntry.objects.using(db_alias)
     with override_settings(COALESCING=conf):
         objects.all().delete()
@@ -111,7 +102,7 @@ def test_windows_tile_the_age_axis(policy, age, status):
         assert ws[0].from_ms == float("-inf") and ws[-1].until_ms == float("inf")
         assert all(a.until_ms == b.from_ms for a, b in zip(ws, ws[1:], strict=False))
     at = 1_700_000_000_000
-    e = entry(0, status, at - age, "x")
+    e = make_entry("row-0", endpoint="x", status=status, fetched_at=(at - age) / 1000.0)
     (holding,) = [
         w for w in policy.windows if w.negative is e.negative and w.from_ms <= age < w.until_ms
     ]
