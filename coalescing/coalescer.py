@@ -12,7 +12,6 @@ tier is a miss, logged once per outage and counted, never a caller's error.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -30,13 +29,24 @@ from .protection import (
     UpstreamHeldBack,
     UpstreamOverloaded,
 )
+from .reads import (
+    ACCEPT_FRESH,
+    ACCEPT_NONE,
+    ACCEPT_STALE,
+    Accept,
+    Answer,
+    CrossProcessFlight,
+    Lookup,
+    Outcome,
+    Source,
+    XCache,
+)
 from .singleflight import Flight, FlightTimeout, SingleFlight
 from .tiers.base import Tier
 from .upstream import (
     UpstreamBadBody,
     UpstreamClient,
     UpstreamError,
-    UpstreamRequest,
     UpstreamResponse,
     UpstreamTimeout,
     Validators,
@@ -58,87 +68,8 @@ XFETCH_EARLIEST = 0.2
 XFETCH_DEFAULT_S = 0.1
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Accept:
-    """What a flight may answer from a tier instead of calling the upstream.
-
-    A foreground load takes stale (and refreshes after), a background
-    refresh only fresh (another process may have refreshed it), an explicit
-    refresh nothing; a refresh ahead of time any fresh entry newer than the
-    one it was started for (another process got there first).
-    """
-
-    states: frozenset[State]
-    newer_than: float | None = None
-
-    def takes(self, entry: Entry, state: State) -> bool:
-        if state in self.states:
-            return True
-        return (
-            self.newer_than is not None
-            and state is State.FRESH
-            and entry.fetched_at > self.newer_than
-        )
-
-
-ACCEPT_STALE = Accept(frozenset({State.FRESH, State.STALE}))
-ACCEPT_FRESH = Accept(frozenset({State.FRESH}))
-ACCEPT_NONE = Accept(frozenset())
 #: How much longer than the upstream budget a waiter waits before giving up.
 WAIT_MARGIN_S = 1.0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Lookup:
-    """One request, reduced to what the cache needs: everything else is dropped."""
-
-    endpoint: str
-    key: str
-    key_hash: str
-    name: str
-    policy: Policy
-    #: Builds the upstream request: only a miss needs it, never the hit path.
-    build_request: Callable[[], UpstreamRequest]
-    content_type: str
-    validate_body: Callable[[bytes], None]
-    #: No shared cache may keep the answer (``Cache-Control: private``).
-    private: bool = False
-    #: What the entry keeps to be made again by a refresh (coalescing.params).
-    params: str = ""
-    #: Refresh a key that keeps being asked for shortly before it goes stale.
-    refresh_ahead: bool = False
-    #: The entry's labels for invalidation by tag.
-    tags: tuple[str, ...] = ()
-    #: The source when it is a function (``@coalesced``), not an HTTP upstream:
-    #: returns the body and its content type, raises :class:`UpstreamError`.
-    call: Callable[[], tuple[bytes, str]] | None = None
-
-    @property
-    def request(self) -> UpstreamRequest:
-        return self.build_request()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one flight produced; shared by every waiter of the flight."""
-
-    entry: Entry | None
-    source: str  # a tier name, or "upstream"
-    error: UpstreamError | None = None
-    #: The upstream answered 304: the entry is the one held before, renewed.
-    renewed: bool = False
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Answer:
-    """What one caller gets; each caller builds its own response from it."""
-
-    entry: Entry | None
-    x_cache: str  # HIT, STALE, MISS, COALESCED, or "" for an error
-    source: str
-    error: UpstreamError | None = None
-    policy: Policy | None = None
-    renewed: bool = False
 
 
 class TierGuard:
@@ -183,6 +114,7 @@ class Coalescer:
         max_bytes: int,
         max_concurrency: int = 0,
         clock: Callable[[], float] = time.time,
+        distributed: CrossProcessFlight | None = None,
     ) -> None:
         self.memory = memory
         #: Every tier, fastest first; the memory tier is read directly on the hit path.
@@ -198,7 +130,7 @@ class Coalescer:
         #: How long the last upstream call of each endpoint took (refresh-ahead).
         self.call_seconds: dict[str, float] = {}
         #: The cross-process flight (Redis), when there is one.
-        self.distributed: Any = None
+        self.distributed = distributed
 
     def guard(self, tier_name: str) -> TierGuard | None:
         return next((g for g in self.tiers if g.tier.name == tier_name), None)
@@ -241,14 +173,14 @@ class Coalescer:
         now = self.clock()
         state = lk.policy.state(entry, now)
         if state is State.FRESH:
-            metrics.labelled(metrics.TIER_HITS, lk.endpoint, "memory").inc()
+            metrics.labelled(metrics.TIER_HITS, lk.endpoint, Source.MEMORY).inc()
             if lk.refresh_ahead and self._due_early(lk, entry, now):
                 self.refresh(lk, Accept(frozenset(), newer_than=entry.fetched_at))
-            return Answer(entry, "HIT", "memory", None, lk.policy)
+            return Answer(entry, XCache.HIT, Source.MEMORY, None, lk.policy)
         if state is State.STALE:
-            metrics.labelled(metrics.TIER_HITS, lk.endpoint, "memory").inc()
+            metrics.labelled(metrics.TIER_HITS, lk.endpoint, Source.MEMORY).inc()
             self.refresh(lk)
-            return self._answer(lk, entry, "STALE", "memory")
+            return self._answer(lk, entry, XCache.STALE, Source.MEMORY)
         if state is State.DEAD:
             self.memory.delete(lk.key_hash)
         return None
@@ -392,22 +324,22 @@ class Coalescer:
     def _from_outcome(self, lk: Lookup, outcome: Outcome, started: bool) -> Answer:
         entry, source = outcome.entry, outcome.source
         if entry is None:
-            return Answer(None, "", source, outcome.error, lk.policy)
+            return Answer(None, XCache.ERROR, source, outcome.error, lk.policy)
         if outcome.error is not None:
             metrics.STALE_SERVED.labels(lk.endpoint, "error").inc()
-            return Answer(entry, "STALE", source, outcome.error, lk.policy)
-        if source == "upstream":
-            x_cache = "MISS" if started else "COALESCED"
+            return Answer(entry, XCache.STALE, source, outcome.error, lk.policy)
+        if source == Source.UPSTREAM:
+            x_cache = XCache.MISS if started else XCache.COALESCED
             return Answer(entry, x_cache, source, None, lk.policy, outcome.renewed)
-        if source == "peer":  # another process made the call: nobody here started it
-            return self._answer(lk, entry, "COALESCED", source)
+        if source == Source.PEER:  # another process made the call: nobody here started it
+            return self._answer(lk, entry, XCache.COALESCED, source)
         if lk.policy.state(entry, self.clock()) is State.STALE:
             self.refresh(lk)
-            return self._answer(lk, entry, "STALE", source)
-        return self._answer(lk, entry, "HIT", source)
+            return self._answer(lk, entry, XCache.STALE, source)
+        return self._answer(lk, entry, XCache.HIT, source)
 
-    def _answer(self, lk: Lookup, entry: Entry, x_cache: str, source: str) -> Answer:
-        if x_cache == "STALE":
+    def _answer(self, lk: Lookup, entry: Entry, x_cache: XCache, source: str) -> Answer:
+        if x_cache is XCache.STALE:
             metrics.STALE_SERVED.labels(lk.endpoint, "revalidate").inc()
         return Answer(entry, x_cache, source, None, lk.policy)
 
@@ -420,8 +352,8 @@ class Coalescer:
         entry = self.memory.get(lk.key_hash)
         error = UpstreamTimeout("upstream call still running after the wait bound")
         if entry is not None and lk.policy.usable_on_error(entry, self.clock()):
-            return Answer(entry, "STALE", "memory", error, lk.policy)
-        return Answer(None, "", "upstream", error, lk.policy)
+            return Answer(entry, XCache.STALE, Source.MEMORY, error, lk.policy)
+        return Answer(None, XCache.ERROR, Source.UPSTREAM, error, lk.policy)
 
     # -- inside the flight ---------------------------------------------------
 
@@ -432,7 +364,8 @@ class Coalescer:
             # A bug must not become a 500 for every waiter: log it whole, and
             # answer as for a failed upstream call (stale if the caller has it).
             log.exception("coalescing: loading %s failed", lk.key)
-            return Outcome(None, "upstream", UpstreamError("the cache could not load this entry"))
+            error = UpstreamError("the cache could not load this entry")
+            return Outcome(None, Source.UPSTREAM, error)
         finally:
             _close_thread_connections()
 
@@ -469,7 +402,7 @@ class Coalescer:
             best_source,
             self.clock,
         )
-        if outcome.source == "peer" and outcome.entry is not None:
+        if outcome.source == Source.PEER and outcome.entry is not None:
             self.memory.set(outcome.entry, lk.policy.lifetime_ms(outcome.entry))
         return outcome
 
@@ -485,10 +418,10 @@ class Coalescer:
                 metrics.UPSTREAM_REFUSED.labels(lk.endpoint, type(error).__name__).inc()
             if fallback is not None and lk.policy.usable_on_error(fallback, self.clock()):
                 return Outcome(fallback, fallback_source, error)
-            return Outcome(None, "upstream", error)
+            return Outcome(None, Source.UPSTREAM, error)
         self.backoff.succeeded(lk.key_hash)
         self._write(lk, entry, self.tiers)
-        return Outcome(entry, "upstream", renewed=renewed)
+        return Outcome(entry, Source.UPSTREAM, renewed=renewed)
 
     def _fetch(self, lk: Lookup, previous: Entry | None = None) -> tuple[Entry, bool]:
         """A new entry from the lookup's source, and whether it is ``previous`` renewed.

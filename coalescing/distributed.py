@@ -16,11 +16,11 @@ from collections.abc import Callable
 import redis
 
 from . import metrics
-from .coalescer import Accept, Lookup, Outcome
 from .entry import Entry
 from .health import Health
 from .lease import Leases, Notifier
 from .protection import UpstreamOverloaded
+from .reads import Accept, Lookup, Outcome, Source
 from .tiers.base import TierError
 from .tiers.redis import RedisTier
 from .upstream import UpstreamError, UpstreamTimeout
@@ -99,7 +99,7 @@ class DistributedFlight:
                         return _fallback(lk, fallback, fallback_source, _error(message), now())
                     entry = landed()
                     if entry is not None:
-                        return Outcome(entry, "peer")
+                        return Outcome(entry, Source.PEER)
                     if not self.leases.held(lease_key):
                         took_over = True
                         break
@@ -112,7 +112,7 @@ class DistributedFlight:
                 entry = landed()
             except Exception:
                 entry = None
-            outcome = Outcome(entry, "redis") if entry is not None else lead()
+            outcome = Outcome(entry, Source.REDIS) if entry is not None else lead()
         try:
             if outcome.error is not None:
                 error = outcome.error
@@ -184,4 +184,4 @@ def _fallback(
 ) -> Outcome:
     if fallback is not None and lk.policy.usable_on_error(fallback, now):
         return Outcome(fallback, source, error)
-    return Outcome(None, "upstream", error)
+    return Outcome(None, Source.UPSTREAM, error)

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from django.http import HttpRequest, HttpResponse
 
 from . import asgi, metrics, registry
-from .coalescer import Answer, Lookup
 from .conf import get_settings
 from .entry import Policy, check_tags, make_key
 from .errors import BadRequest
@@ -37,6 +36,7 @@ from .params import (
     stored_params,
 )
 from .policies import policy_of
+from .reads import Answer, Lookup
 from .responses import build_response, error_response
 from .runtime import get_coalescer
 from .upstream import UpstreamRequest
@@ -210,7 +210,7 @@ class CoalescedEndpoint(Generic[P]):
     def _respond(
         self, request: HttpRequest, lk: Lookup, answer: Answer, now: float
     ) -> HttpResponse:
-        metrics.labelled(metrics.REQUESTS, self.name, answer.x_cache or "ERROR").inc()
+        metrics.labelled(metrics.REQUESTS, self.name, answer.x_cache).inc()
         return build_response(answer, now, request, private=lk.private)
 
     @property

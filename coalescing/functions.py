@@ -28,12 +28,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .coalescer import Answer, Lookup
 from .conf import get_settings
 from .endpoint import CoalescedEndpoint
 from .entry import make_key
 from .errors import BadRequest
 from .params import QueryLists
+from .reads import Answer, Lookup
 from .runtime import get_coalescer
 from .upstream import UpstreamError, UpstreamTimeout
 

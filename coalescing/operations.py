@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import registry
-from .coalescer import Answer, Lookup
 from .entry import check_tags
 from .errors import BadRequest
 from .policies import current_policies
+from .reads import Answer, Lookup
 from .runtime import get_coalescer
 
 

@@ -19,8 +19,8 @@ import re
 
 from django.http import HttpRequest, HttpResponse
 
-from .coalescer import Answer
 from .entry import Entry, Policy
+from .reads import Answer, XCache
 
 CACHE_NAME = "coalescing"
 #: Errors are never kept by a client or a shared cache: the next try may succeed.
@@ -55,14 +55,14 @@ def cache_status(answer: Answer, now: float) -> str:
         parts += [
             "fwd=stale",
             "fwd-status=304",
-            "stored" if answer.x_cache == "MISS" else "collapsed",
+            "stored" if answer.x_cache == XCache.MISS else "collapsed",
         ]
         return "; ".join(parts)
-    if entry is None or answer.x_cache in ("MISS", "COALESCED"):
+    if entry is None or answer.x_cache in (XCache.MISS, XCache.COALESCED):
         parts.append("fwd=uri-miss")
         if answer.error is not None:
             parts.append(f"fwd-status={answer.error.fwd_status}")
-        elif answer.x_cache == "MISS":
+        elif answer.x_cache == XCache.MISS:
             if entry is not None and entry.status != 200:
                 parts.append(f"fwd-status={entry.status}")
             parts.append("stored")
@@ -70,7 +70,7 @@ def cache_status(answer: Answer, now: float) -> str:
             parts.append("collapsed")
         return "; ".join(parts)
     parts.append("hit")
-    if answer.x_cache == "STALE":
+    if answer.x_cache == XCache.STALE:
         parts.append("fwd=stale")
         if answer.error is not None:
             parts.append(f"fwd-status={answer.error.fwd_status}")
@@ -177,7 +177,7 @@ def build_response(
                 "Cache-Control",
                 cache_control(answer.policy, private=private, negative=entry.negative),
             ),
-            ("X-Cache", answer.x_cache),
+            ("X-Cache", str(answer.x_cache)),
             ("Cache-Status", cache_status(answer, now)),
             ("Age", str(max(0, int(now - entry.fetched_at)))),
         ),

@@ -16,6 +16,7 @@ from django.dispatch import receiver
 from .coalescer import WAIT_MARGIN_S, Coalescer
 from .conf import CoalescingSettings, get_settings
 from .policies import current_policies
+from .reads import CrossProcessFlight
 from .tiers.memory import MemoryTier
 from .upstream import UpstreamClient
 
@@ -53,6 +54,10 @@ def _build() -> Coalescer:
         )
         if t is not None
     ]
+    built: list[Coalescer] = []  # for the flight's tag messages, once it exists
+    distributed = None
+    if redis_tier is not None:
+        distributed = _distributed(conf, memory, redis_tier, listener, built)
     coalescer = Coalescer(
         memory,
         lower,
@@ -60,9 +65,9 @@ def _build() -> Coalescer:
         upstream_timeout=conf.upstream_timeout,
         max_bytes=conf.upstream_max_bytes,
         max_concurrency=conf.upstream_max_concurrency,
+        distributed=distributed,
     )
-    if redis_tier is not None:
-        coalescer.distributed = _distributed(conf, coalescer, redis_tier, listener)
+    built.append(coalescer)
     return coalescer
 
 
@@ -100,28 +105,34 @@ def _redis_clients(conf: CoalescingSettings) -> tuple[Any, Any]:
     return client, redis.Redis(connection_pool=listener_pool)
 
 
-def _distributed(conf: CoalescingSettings, coalescer: Coalescer, tier: Any, listener: Any) -> Any:
+def _distributed(
+    conf: CoalescingSettings,
+    memory: MemoryTier,
+    tier: Any,
+    listener: Any,
+    built: list[Coalescer],
+) -> CrossProcessFlight:
+    """The cross-process flight on ``tier``'s Redis, for the coalescer that
+    ``built`` will hold (a tag message from another process applies there;
+    before it exists, nothing has been served to mark)."""
     from .distributed import DistributedFlight
     from .lease import Leases, Notifier
 
-    memory = coalescer.memory
     notifier = Notifier(
         tier.client,
         listener,
         channel=f"{conf.redis_prefix}:events",
         on_evict=lambda key_hash, name: memory.delete(key_hash),
-        on_tag=lambda tag, soft: coalescer.purge_tag_in_memory(
-            tag, current_policies().of, soft=soft
-        ),
+        on_tag=lambda tag, soft: [
+            c.purge_tag_in_memory(tag, current_policies().of, soft=soft) for c in built
+        ],
     )
     notifier.start()  # evictions must reach this process from now on
-    guard = coalescer.guard("redis")
-    assert guard is not None
     return DistributedFlight(
         tier,
         Leases(tier.client, ttl_ms=2000),
         notifier,
-        guard.health,
+        tier.health,
         wait_s=conf.upstream_timeout + WAIT_MARGIN_S,
     )
 

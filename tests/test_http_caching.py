@@ -16,9 +16,9 @@ import pytest
 from django.test import Client
 
 from coalescing import runtime
-from coalescing.coalescer import Answer
 from coalescing.entry import Entry, Policy, State, body_etag
 from coalescing.protection import UpstreamOverloaded
+from coalescing.reads import Answer
 from coalescing.responses import build_response, cache_control, etag_matches
 from tests.conftest import Clock
 from tests.servers import manage, parse_cache_status, serve, uvicorn

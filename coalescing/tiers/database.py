@@ -60,6 +60,7 @@ from .. import metrics
 from ..entry import ENTRY_OVERHEAD_BYTES, Entry
 from ..health import Health
 from ..models import CacheEntry, give_space_back
+from ..reads import Source
 from .base import Tier, TierError
 from .readers import Job, Readers, ReadersBusy, ReadTimeout, os_lock
 
@@ -97,7 +98,7 @@ def buffer_budget(memory_max_bytes: int, upstream_max_bytes: int) -> int:
 
 
 class DatabaseTier(Tier):
-    name = "db"
+    name = Source.DB
     buffers_writes = True
 
     def __init__(

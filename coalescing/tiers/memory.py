@@ -7,11 +7,12 @@ import threading
 from collections import OrderedDict
 
 from ..entry import Entry
+from ..reads import Source
 from .base import Tier
 
 
 class MemoryTier(Tier):
-    name = "memory"
+    name = Source.MEMORY
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes

@@ -17,6 +17,8 @@ import time
 import redis
 
 from ..entry import Entry
+from ..health import Health
+from ..reads import Source
 from .base import Tier, TierError
 
 _SAFE_TAG = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -56,11 +58,13 @@ def tag(name: str) -> str:
 
 
 class RedisTier(Tier):
-    name = "redis"
+    name = Source.REDIS
 
     def __init__(self, client: redis.Redis, prefix: str = "coalescing") -> None:
         self.client = client
         self.prefix = prefix
+        #: Shared by the tier's guard and the cross-process flight: one outage, one breaker.
+        self.health = Health(self.name)
         self._set = client.register_script(_MONOTONIC_SET)
         self._age_to = client.register_script(_AGE_TO)
         self._tag = client.register_script(_TAG)
