@@ -48,14 +48,6 @@ def test_round_trip_and_expiry_at_the_end_of_the_last_window(client, prefix):
     assert tier.get("h1", "SKU1").body == bytes(range(256))
 
 
-def test_writes_are_monotonic(client, prefix):
-    tier = RedisTier(client, prefix)
-    now = time.time()
-    tier.set(make_entry(key_hash="h1", fetched_at=now, body=b"[new]"), 60_000)
-    tier.set(make_entry(key_hash="h1", fetched_at=now - 5, body=b"[older]"), 60_000)
-    assert tier.get("h1", "SKU1").body == b"[new]"
-
-
 def test_keys_of_one_name_share_a_hash_tag(client, prefix):
     tier = RedisTier(client, prefix)
     assert tier.entry_key("a", "SKU1").split(":")[1] == tier.lease_key("b", "SKU1").split(":")[1]
