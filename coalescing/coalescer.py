@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -115,6 +114,7 @@ class Coalescer:
         max_concurrency: int = 0,
         clock: Callable[[], float] = time.time,
         distributed: CrossProcessFlight | None = None,
+        after_flight: Callable[[], None] = lambda: None,
     ) -> None:
         self.memory = memory
         #: Every tier, fastest first; the memory tier is read directly on the hit path.
@@ -131,6 +131,9 @@ class Coalescer:
         self.call_seconds: dict[str, float] = {}
         #: The cross-process flight (Redis), when there is one.
         self.distributed = distributed
+        #: Run in each flight's thread as it ends (the runtime closes Django's
+        #: per-thread database connections there).
+        self.after_flight = after_flight
 
     def guard(self, tier_name: str) -> TierGuard | None:
         return next((g for g in self.tiers if g.tier.name == tier_name), None)
@@ -367,7 +370,7 @@ class Coalescer:
             error = UpstreamError("the cache could not load this entry")
             return Outcome(None, Source.UPSTREAM, error)
         finally:
-            _close_thread_connections()
+            self.after_flight()
 
     def _load_inner(self, lk: Lookup, accept: Accept) -> Outcome:
         now = self.clock()
@@ -531,18 +534,3 @@ def _error_label(exc: UpstreamError) -> str:
     if isinstance(exc, UpstreamBadBody):
         return "invalid"
     return str(exc.upstream_status or "error")
-
-
-def _close_thread_connections() -> None:
-    """Close the database connections this flight's thread opened.
-
-    Each flight runs in a thread (a greenlet under gevent) of its own, and
-    Django's connections are per thread: left open, each would leak.
-    """
-    if threading.current_thread() is threading.main_thread():
-        return
-    from django.db import connections
-
-    for conn in connections.all(initialized_only=True):
-        if not conn.in_atomic_block:
-            conn.close()

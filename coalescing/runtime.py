@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from django.core.signals import setting_changed
+from django.db import connections
 from django.dispatch import receiver
 
 from .coalescer import WAIT_MARGIN_S, Coalescer
@@ -66,6 +67,7 @@ def _build() -> Coalescer:
         max_bytes=conf.upstream_max_bytes,
         max_concurrency=conf.upstream_max_concurrency,
         distributed=distributed,
+        after_flight=close_thread_connections,
     )
     built.append(coalescer)
     return coalescer
@@ -135,6 +137,19 @@ def _distributed(
         tier.health,
         wait_s=conf.upstream_timeout + WAIT_MARGIN_S,
     )
+
+
+def close_thread_connections() -> None:
+    """Close the database connections this flight's thread opened.
+
+    Each flight runs in a thread (a greenlet under gevent) of its own, and
+    Django's connections are per thread: left open, each would leak.
+    """
+    if threading.current_thread() is threading.main_thread():
+        return
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close()
 
 
 def reset() -> None:
