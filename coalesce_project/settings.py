@@ -90,6 +90,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a JSON 400 for a query Django cannot read or a bad Host, before
+    # anything else reads the request (coalescing/middleware.py says why).
+    "coalescing.middleware.RequestErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
