@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import os
 import time
 import uuid
@@ -8,12 +9,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from coalescing.entry import Entry, make_key
+from tests.settings import POSTGRES_URL, SERVICES_REQUIRED
 from tests.upstream import FakeUpstream
 
-SERVICES_REQUIRED = os.environ.get("REQUIRE_SERVICES") == "1"
-POSTGRES_URL = os.environ.get(
-    "DATABASE_URL_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres"
-)
 REDIS_URL = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379/15")
 
 
@@ -113,10 +111,55 @@ def upstream(_upstream_server: FakeUpstream) -> FakeUpstream:
     return _upstream_server
 
 
+@functools.cache
+def postgres_unavailable() -> str | None:
+    """Why the ``postgres`` alias's server cannot be used, or None; asked once."""
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
+    except Exception as exc:
+        return f"PostgreSQL does not answer at {POSTGRES_URL} ({type(exc).__name__})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def _postgres_or_a_stand_in() -> None:
+    """Before any test database is made: if PostgreSQL does not answer, the
+    ``postgres`` alias becomes an in-memory SQLite database, so that the tests
+    marked for both databases still set up, and those that use PostgreSQL
+    skip (or fail) through :func:`postgres_alias` with the reason."""
+    if postgres_unavailable() is None:
+        return
+    from django.conf import settings
+    from django.db import connections
+
+    conf = settings.DATABASES["postgres"]  # the dict the connection handler reads
+    conf.update(
+        ENGINE="django.db.backends.sqlite3",
+        NAME=":memory:",
+        OPTIONS={},
+        TEST={**conf.get("TEST", {}), "NAME": None},
+    )
+    try:
+        del connections["postgres"]  # made before: it would keep the PostgreSQL backend
+    except AttributeError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(_postgres_or_a_stand_in, django_db_setup):
+    """pytest-django's, once the ``postgres`` alias is known to be usable."""
+    return django_db_setup
+
+
 @pytest.fixture
-def postgres_alias(settings) -> str:
-    if "postgres" not in settings.DATABASES:
-        missing_service(f"PostgreSQL does not answer at {POSTGRES_URL}")
+def postgres_alias() -> str:
+    """The PostgreSQL alias; a skip (a failure under REQUIRE_SERVICES=1) when its
+    server does not answer."""
+    reason = postgres_unavailable()
+    if reason is not None:
+        missing_service(reason)
     return "postgres"
 
 
@@ -166,7 +209,7 @@ def _close_stray_postgres_sessions(django_db_setup, django_db_blocker):
     yield
     from django.conf import settings
 
-    if "postgres" not in settings.DATABASES:
+    if postgres_unavailable() is not None:
         return
     import psycopg
 
