@@ -43,7 +43,8 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from bench import merge
-from bench.procs import PYTHON, ROOT, Helper, Proc, Procs, free_port, http_get
+from bench.procs import PYTHON, ROOT, Helper, Proc, Procs, http_get
+from testkit.ports import free_port
 
 T = TypeVar("T")
 RESULTS = ROOT / "bench" / "results"

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers import Server, gunicorn, manage, serve
+from testkit.servers import Server, gunicorn, manage, serve
 
 from .services import (
     DelayProxy,

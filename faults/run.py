@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.upstream import FakeUpstream
+from testkit.upstream import FakeUpstream
 
 from . import report
 from .cluster import SETTINGS, WAIT_BOUND_S, Cluster, describe_machine

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from tests.upstream import FakeUpstream
+from testkit.upstream import FakeUpstream
 
 from .cluster import FRESH_S, STALE_S, UPSTREAM_TIMEOUT_S, WAIT_BOUND_S, Cluster
 from .load import (

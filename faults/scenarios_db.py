@@ -28,7 +28,7 @@ from pathlib import Path
 
 import requests
 
-from tests.servers import manage, serve
+from testkit.servers import manage, serve
 
 from .load import Load, Recorder, Result, Sample, key_set, mixed, percentile, product_key
 from .scenarios import Ctx, scenario

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import requests
 
-from tests.upstream import FakeUpstream
+from testkit.upstream import FakeUpstream
 
 from . import report
 from .cluster import WAIT_BOUND_S, Cluster, describe_machine

@@ -20,7 +20,7 @@ from pathlib import Path
 import django
 import pytest
 
-from tests.servers import ROOT, Server, free_port
+from testkit.servers import ROOT, Server, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -23,7 +23,7 @@ from coalescing import BadRequest, runtime
 from coalescing.models import CacheEntry
 from products.endpoints import PriceEndpoint, ProductEndpoint
 from products.partner import StockEndpoint
-from tests.upstream import FakeUpstream
+from testkit.upstream import FakeUpstream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.servers import Server, free_port, uvicorn
+from testkit.servers import Server, free_port, uvicorn
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +64,7 @@ class PeakThreads:
 @pytest.fixture
 def asgi_server(upstream, tmp_path):
     env = {"PRODUCT_API_BASE": upstream.url, "DATABASE_URL": f"sqlite:///{tmp_path / 'db'}"}
-    from tests.servers import manage
+    from testkit.servers import manage
 
     assert manage("migrate", "--noinput", env=env).returncode == 0
     srv = uvicorn(env)
@@ -143,7 +143,7 @@ def test_uvicorn_workers_share_one_call_through_redis(upstream, tmp_path, redis_
         "REDIS_URL": redis_url,
         "REDIS_PREFIX": f"asgi-{free_port()}",
     }
-    from tests.servers import manage
+    from testkit.servers import manage
 
     assert manage("migrate", "--noinput", env=env).returncode == 0
     srv: Server = uvicorn(env, None, "--workers", "2")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.servers import ROOT, Server, manage, serve
 from tests.conftest import missing_service
-from tests.servers import ROOT, Server, manage, serve
 
 pytestmark = pytest.mark.e2e
 

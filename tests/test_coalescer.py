@@ -12,8 +12,8 @@ from django.test import Client
 
 from coalescing import operations, runtime
 from coalescing.models import CacheEntry
+from testkit.servers import parse_cache_status
 from tests.conftest import Clock
-from tests.servers import parse_cache_status
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT, manage, serve
+from testkit.servers import ROOT, manage, serve
 
 #: A query that keeps SQLite busy in C for a while (a few hundred ms here).
 SLOW_QUERY = (

@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from faults.services import OwnRedis, Unavailable
+from testkit.servers import gunicorn, manage, serve
 from tests.conftest import missing_service
-from tests.servers import gunicorn, manage, serve
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.servers import manage, parse_cache_status, serve, server_env
+from testkit.servers import manage, parse_cache_status, serve, server_env
 
 pytestmark = pytest.mark.e2e
 
@@ -263,7 +263,7 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(upstream
 
 def test_django_runserver_threads_coalesce_too(upstream, sqlite_url):
     """Without gevent (Django's threaded runserver), flights run in real threads."""
-    from tests.servers import Server, free_port
+    from testkit.servers import Server, free_port
 
     env = {"PRODUCT_API_BASE": upstream.url, "DATABASE_URL": sqlite_url}
     assert manage("migrate", "--noinput", env=env).returncode == 0

@@ -33,8 +33,8 @@ from faults.cluster import WAIT_BOUND_S, Cluster
 from faults.scenarios import SCENARIOS, Ctx
 from faults.services import Unavailable
 from products.endpoints import ProductEndpoint
+from testkit.servers import manage, serve
 from tests.conftest import POSTGRES_URL, missing_service
-from tests.servers import manage, serve
 
 pytestmark = pytest.mark.e2e
 

@@ -17,8 +17,8 @@ from django.test import Client
 from coalescing import CallFailed, coalesced, runtime
 from coalescing.models import CacheEntry
 from coalescing.policies import current_policies
+from testkit.servers import ROOT, server_env
 from tests.conftest import Clock
-from tests.servers import ROOT, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

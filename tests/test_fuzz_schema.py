@@ -18,7 +18,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
-from tests.servers import manage, serve
+from testkit.servers import manage, serve
 
 pytestmark = pytest.mark.e2e
 

@@ -23,8 +23,8 @@ from django.test import Client
 
 from coalescing import runtime
 from coalescing.models import CacheEntry
-from tests.servers import PYTHON, ROOT, free_port, manage, serve, server_env
-from tests.upstream import HOSTILE_HEADERS
+from testkit.servers import PYTHON, ROOT, free_port, manage, serve, server_env
+from testkit.upstream import HOSTILE_HEADERS
 
 # -- parameters never choose the host nor climb the path ----------------------------
 

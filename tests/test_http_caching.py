@@ -20,8 +20,8 @@ from coalescing.entry import Entry, Policy, State, body_etag
 from coalescing.protection import UpstreamOverloaded
 from coalescing.reads import Answer
 from coalescing.responses import build_response, cache_control, etag_matches
+from testkit.servers import manage, parse_cache_status, serve, uvicorn
 from tests.conftest import Clock
-from tests.servers import manage, parse_cache_status, serve, uvicorn
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

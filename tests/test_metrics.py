@@ -12,7 +12,7 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from coalescing import runtime
-from tests.servers import gunicorn, manage
+from testkit.servers import gunicorn, manage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -24,8 +24,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.servers import Server, free_port, manage, serve
 from tests.conftest import missing_service
-from tests.servers import Server, free_port, manage, serve
 
 pytestmark = pytest.mark.e2e
 

@@ -165,7 +165,7 @@ def test_an_empty_table_purges_nothing(db_alias):
 
 
 def test_the_command_exits_0_and_fails_on_a_bad_endpoint(tmp_path):
-    from tests.servers import manage
+    from testkit.servers import manage
 
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
     assert manage("migrate", "-v", "0", env=env).returncode == 0

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.servers import manage, serve
+from testkit.servers import manage, serve
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ from coalescing import runtime
 from coalescing.metrics import registry_in_force
 from coalescing.models import CacheEntry
 from products.endpoints import ProductEndpoint
+from testkit.servers import parse_cache_status
 from tests.conftest import Clock
-from tests.servers import parse_cache_status
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -8,7 +8,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from coalescing.conf import build, from_environ
-from tests.servers import manage
+from testkit.servers import manage
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,10 @@
-"""Real servers as subprocesses: ``manage.py serve`` and gunicorn with gevent workers."""
+"""Real servers as subprocesses: ``manage.py serve``, gunicorn with gevent workers, uvicorn."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,24 @@ from pathlib import Path
 
 import requests
 
+from testkit.ports import free_port
+
+__all__ = [
+    "PYTHON",
+    "ROOT",
+    "SERVING_LINE",
+    "Server",
+    "free_port",
+    "gunicorn",
+    "manage",
+    "parse_cache_status",
+    "serve",
+    "server_env",
+    "uvicorn",
+]
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_env(extra: Mapping[str, str]) -> dict[str, str]:

@@ -36,6 +36,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+__all__ = ["HOSTILE_HEADERS", "FakeUpstream"]
+
 #: What ``hop`` mode sends beside the body: none of it may be stored or replayed.
 HOSTILE_HEADERS = [
     ("Set-Cookie", "session=upstream-secret; Path=/"),
