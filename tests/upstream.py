@@ -1,0 +1,3 @@
+"""Moved to :mod:`testkit.upstream`; this shim goes once its last importer moves."""
+
+from testkit.upstream import *  # noqa: F403
