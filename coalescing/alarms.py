@@ -13,10 +13,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
+
+from .threads import DaemonThread
 
 log = logging.getLogger("coalescing")
 
@@ -31,18 +32,17 @@ class Alarm:
 
 class Alarms:
     def __init__(self) -> None:
-        self._cond = threading.Condition()  # guards _heap and _thread
+        self._cond = threading.Condition()  # guards _heap
         # Cancelled alarms stay until their time comes: at most calls/s x budget.
         self._heap: list[tuple[float, int, Alarm]] = []
         self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._thread = DaemonThread(self._run, "coalescing-alarms", on_fork=self._forked)
 
     def at(self, when: float, action: Callable[[], None]) -> Alarm:
         """Run ``action`` at ``when`` (``time.monotonic()``) unless cancelled."""
         alarm = Alarm(when, action)
+        self._thread.start()
         with self._cond:
-            self._ensure_thread()
             heapq.heappush(self._heap, (when, next(self._seq), alarm))
             if self._heap[0][2] is alarm:
                 self._cond.notify()
@@ -52,15 +52,10 @@ class Alarms:
     def cancel(alarm: Alarm) -> None:
         alarm.action = None
 
-    def _ensure_thread(self) -> None:
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
-            return
-        if self._pid != os.getpid():
-            # A forked child inherits the parent's sockets: its alarms are not ours.
-            self._heap.clear()
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name="coalescing-alarms", daemon=True)
-        self._thread.start()
+    def _forked(self) -> None:
+        # A forked child inherits the parent's sockets: its alarms are not ours.
+        self._cond = threading.Condition()
+        self._heap.clear()
 
     def _run(self) -> None:
         while True:

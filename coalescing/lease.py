@@ -27,6 +27,8 @@ from typing import Any
 
 import redis
 
+from .threads import DaemonThread
+
 log = logging.getLogger("coalescing")
 
 # KEYS[1] lease key; ARGV[1] token. Delete only if we still hold it.
@@ -112,22 +114,19 @@ class Notifier:
         self.sender = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._lock = threading.Lock()  # guards _waiters
         self._waiters: dict[str, set[Waiter]] = {}
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._thread = DaemonThread(self._listen, "coalescing-pubsub", on_fork=self._forked)
         self.listening = threading.Event()
 
     def start(self) -> None:
         """Start the listener (again after a fork: threads do not survive one)."""
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            self._thread = threading.Thread(
-                target=self._listen, name="coalescing-pubsub", daemon=True
-            )
-            self._thread.start()
+        self._thread.start()
+
+    def _forked(self) -> None:
+        # A child is another sender: with the parent's name, each would ignore the other.
+        self.sender = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._lock = threading.Lock()
+        self._waiters = {}
+        self.listening = threading.Event()
 
     @contextmanager
     def waiting(self, key_hash: str):

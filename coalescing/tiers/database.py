@@ -61,6 +61,7 @@ from ..entry import ENTRY_OVERHEAD_BYTES, Entry
 from ..health import Health
 from ..models import CacheEntry, give_space_back
 from ..reads import Source
+from ..threads import DaemonThread
 from .base import Tier, TierError
 from .readers import Job, Readers, ReadersBusy, ReadTimeout, os_lock
 
@@ -128,7 +129,9 @@ class DatabaseTier(Tier):
         self._outstanding: tuple[Job[tuple[int, BaseException | None]], list[Entry]] | None = None
         self._write_lock = threading.Lock()  # one batch at a time (a gevent lock under gevent)
         self._wakeup = threading.Event()
-        self._writer: threading.Thread | None = None
+        self._writer = DaemonThread(
+            self._writer_loop, "coalescing-db-writer-loop", on_fork=self._forked
+        )
         self._closed = False
         self._atexit_registered = False
         self._written_since_check = 0
@@ -331,19 +334,17 @@ class DatabaseTier(Tier):
     # -- the writer -----------------------------------------------------------
 
     def _ensure_writer(self) -> None:
-        writer = self._writer
-        if writer is not None and writer.is_alive():
-            return
-        with self._write_lock:
-            if self._writer is not None and self._writer.is_alive():
-                return
-            self._writer = threading.Thread(
-                target=self._writer_loop, name="coalescing-db-writer-loop", daemon=True
-            )
-            self._writer.start()
-            if not self._atexit_registered:
-                atexit.register(self._flush_at_exit)
-                self._atexit_registered = True
+        if self._writer.start() and not self._atexit_registered:
+            atexit.register(self._flush_at_exit)
+            self._atexit_registered = True
+
+    def _forked(self) -> None:
+        # The parent's batch in hand is the parent's to write; its locks may
+        # have been held by a thread that did not come along.
+        self._lock = os_lock()
+        self._write_lock = threading.Lock()
+        self._outstanding = None
+        self._inflight, self._inflight_bytes = {}, 0
 
     def _writer_loop(self) -> None:
         """A greenlet under gevent: waits, and hands each batch to the writer thread."""

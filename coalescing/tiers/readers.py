@@ -28,11 +28,12 @@ and does its bookkeeping (locks, health, logging) on the caller's side.
 from __future__ import annotations
 
 import _queue
-import os
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+from ..threads import after_fork_in_child
 
 T = TypeVar("T")
 
@@ -122,12 +123,12 @@ class Readers:
         self.on_exit = on_exit
         self.name = name
         # A lock of the OS, never gevent's: the threads take it too, briefly.
-        self._lock = os_lock()  # guards _jobs, _threads and _pid
+        self._lock = os_lock()  # guards _jobs and _threads
         self._jobs: _queue.SimpleQueue[Job[Any] | None] = _queue.SimpleQueue()
         self._threads = 0
-        self._pid = 0
         self._closed = False
         self._busy = 0  # calls handed over and not ended
+        after_fork_in_child(self._forked)
 
     def submit(self, fn: Callable[[], T]) -> Job[T]:
         """Hand ``fn`` to a thread; wait on the returned job (``ReadersBusy`` if too many wait)."""
@@ -162,13 +163,15 @@ class Readers:
             for _ in range(threads):
                 self._jobs.put(None)
 
+    def _forked(self) -> None:
+        """In a forked child: the threads did not come along, nor their calls."""
+        self._lock = os_lock()
+        self._jobs, self._threads, self._busy = _queue.SimpleQueue(), 0, 0
+
     def _started(self) -> _queue.SimpleQueue[Job[Any] | None]:
-        if self._threads and self._pid == os.getpid():
+        if self._threads:
             return self._jobs
         with self._lock:
-            if self._pid != os.getpid():  # threads do not survive a fork
-                self._jobs, self._threads, self._pid = _queue.SimpleQueue(), 0, os.getpid()
-                self._busy = 0
             while self._threads < self.size:
                 jobs = self._jobs
                 _start_os_thread(lambda jobs=jobs: self._loop(jobs), self.name)
