@@ -390,7 +390,11 @@ class DatabaseTier(Tier):
                 if not self._pending:
                     return True
                 entries, size = [], 0
-                while self._pending and (not entries or size < self.max_pending_bytes // 2):
+                half = self.max_pending_bytes // 2
+                # At most half (one entry however big, so that it moves at all).
+                while self._pending and (
+                    not entries or size + next(iter(self._pending.values())).size <= half
+                ):
                     _, entry = self._pending.popitem(last=False)
                     entries.append(entry)
                     size += entry.size
