@@ -1,19 +1,33 @@
-"""The gevent WSGI server of ``manage.py serve``.
+"""The gevent WSGI server of ``manage.py serve``, as strict as gunicorn.
 
-Two things make gevent's pywsgi fast on keep-alive connections: TCP_NODELAY
-on every accepted socket, and a Content-Length on every response (without it
-pywsgi answers chunked, and the last chunk waits 40 ms for a delayed ACK).
+Speed on keep-alive connections: TCP_NODELAY on every accepted socket, and a
+Content-Length on every response (without it pywsgi answers chunked, and the
+last chunk waits 40 ms for a delayed ACK).
+
+Strictness, because ``serve`` may sit behind a proxy that frames requests
+differently (request smuggling): :class:`StrictWSGIHandler` reads the request
+head itself and refuses, with 400 and a closed connection, whatever two
+parsers could read two ways (see :func:`parse_request_line`,
+:func:`parse_field_line` and :func:`framing`; the decisions are gunicorn's).
+A response to HEAD carries no body on the wire.
+
 A connection idle for ``IDLE_TIMEOUT_S`` is closed, so that clients which
 open connections and walk away cannot hold the process's descriptors forever.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
+
+log = logging.getLogger("coalescing")
 
 #: The address this process serves on, once ``serve`` has bound it.
 bound_address: tuple[str, int] | None = None
@@ -21,8 +35,255 @@ bound_address: tuple[str, int] | None = None
 #: and for any one read or write on it.
 IDLE_TIMEOUT_S = 60.0
 
+#: Limits of a request head, gunicorn's defaults.
+MAX_HEADER_FIELDS = 100
+MAX_FIELD_LINE = 8190
+#: The largest length any HTTP stack can represent (a signed 64-bit offset);
+#: a longer one is not a body this server could ever read.
+MAX_CONTENT_LENGTH = 2**63 - 1
 
-class NoDelayWSGIServer(WSGIServer):
+# RFC 9110 5.6.2 token; 5.5 field values (controls other than HTAB refused).
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+FIELD_VALUE_INVALID = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9112 3.2: a request target is printable ASCII; the rest is %-encoded.
+TARGET_INVALID = re.compile(r"[^\x21-\x7e]")
+# Methods are upper case by convention; a lower-case one is a probe or a bug.
+METHOD_INVALID = re.compile(r"[a-z#]")
+VERSION = re.compile(r"HTTP/(\d)\.(\d)")
+DIGITS = re.compile(r"[0-9]+")
+#: Transfer codings known to exist (RFC 9112 7); only a lone ``chunked`` is
+#: one pywsgi reads, the rest are refused with 400, the unknown with 501.
+KNOWN_CODINGS = frozenset({"chunked", "identity", "gzip", "x-gzip", "deflate", "compress"})
+
+REASONS = {400: "Bad Request", 417: "Expectation Failed"}
+REASONS[501] = "Not Implemented"
+
+
+class Refused(ValueError):
+    """A request head this server will not read: answered ``status``, then closed."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
+
+    def response(self) -> bytes:
+        return error_response(self.status)
+
+
+def error_response(status: int) -> bytes:
+    """A complete response with an empty body that closes the connection."""
+    return (
+        f"HTTP/1.1 {status} {REASONS[status]}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    ).encode("ascii")
+
+
+# -- parsing the head (pure functions) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestLine:
+    method: str
+    target: str
+    version: tuple[int, int]
+
+
+def parse_request_line(line: str) -> RequestLine:
+    """``method SP target SP HTTP/1.x``, each part as gunicorn accepts it."""
+    parts = line.split(" ", 2)
+    if len(parts) != 3:
+        raise Refused("request line not of three parts")
+    method, target, version = parts
+    if not TOKEN.fullmatch(method) or METHOD_INVALID.search(method) or not 3 <= len(method) <= 20:
+        raise Refused("invalid method")
+    if not target or TARGET_INVALID.search(target):
+        raise Refused("invalid request target")
+    if target == "*" and method != "OPTIONS":
+        raise Refused("asterisk-form target is for OPTIONS only")
+    if method != "CONNECT" and target != "*" and not target.startswith("/") and "://" not in target:
+        raise Refused("authority-form target is for CONNECT only")
+    match = VERSION.fullmatch(version)
+    if match is None:
+        raise Refused("invalid HTTP version")
+    number = (int(match[1]), int(match[2]))
+    if not (1, 0) <= number < (2, 0):
+        raise Refused("unsupported HTTP version")
+    return RequestLine(method, target, number)
+
+
+def parse_field_line(line: str) -> tuple[str, str]:
+    """``name: value`` with CRLF removed: (upper-case name, value)."""
+    if line[:1] in (" ", "\t"):
+        raise Refused("obsolete line folding")
+    name, colon, value = line.partition(":")
+    # Whitespace before the colon fails the token: RFC 9112 5.1 says 400.
+    if not colon or not TOKEN.fullmatch(name):
+        raise Refused("invalid header name")
+    value = value.strip(" \t")
+    if FIELD_VALUE_INVALID.search(value):
+        raise Refused("control character in a header value")
+    return name.upper(), value
+
+
+def _one(fields: list[tuple[str, str]], name: str) -> str | None:
+    values = [value for field, value in fields if field == name]
+    if len(values) > 1:
+        raise Refused(f"{name.title()} repeated")
+    return values[0] if values else None
+
+
+def _codings(fields: list[tuple[str, str]]) -> list[str]:
+    """Every transfer coding named, in order, across repeated fields."""
+    codings = [
+        item.strip(" \t").lower()
+        for field, value in fields
+        if field == "TRANSFER-ENCODING"
+        for item in value.split(",")
+    ]
+    unknown = [c for c in codings if c not in KNOWN_CODINGS]
+    if unknown:
+        raise Refused(f"unsupported transfer coding {unknown[0]!r}", 501)
+    return codings
+
+
+def framing(fields: list[tuple[str, str]], line: RequestLine) -> int | None:
+    """The request's body length (``None``: no Content-Length; chunked or empty).
+
+    Refuses every head whose body two parsers could delimit differently:
+    Transfer-Encoding with Content-Length, a repeated or malformed
+    Content-Length, any coding but one final ``chunked``, chunked in
+    HTTP/1.0. Also the other fields that must be single (Host, Content-Type)
+    and HTTP/1.1 without Host.
+    """
+    host = _one(fields, "HOST")
+    if host is None and line.version >= (1, 1):
+        raise Refused("HTTP/1.1 request without Host")
+    _one(fields, "CONTENT-TYPE")
+    length = _one(fields, "CONTENT-LENGTH")
+    codings = _codings(fields)
+    if codings:
+        if codings != ["chunked"]:
+            raise Refused("transfer codings other than one final chunked")
+        if line.version < (1, 1):
+            raise Refused("chunked in HTTP/1.0")
+        if length is not None:
+            raise Refused("both Transfer-Encoding and Content-Length")
+        return None
+    if length is None:
+        return None
+    if not DIGITS.fullmatch(length) or len(length) > 19 or int(length) > MAX_CONTENT_LENGTH:
+        raise Refused("malformed Content-Length")
+    value = int(length)
+    if value and line.method == "HEAD":
+        raise Refused("a body on HEAD")
+    return value
+
+
+def _expects_continue(fields: list[tuple[str, str]]) -> None:
+    expect = _one(fields, "EXPECT")
+    if expect is not None and expect.lower() != "100-continue":
+        raise Refused(f"unknown expectation {expect!r}", 417)
+
+
+def _closes(fields: list[tuple[str, str]], version: tuple[int, int]) -> bool:
+    tokens = {t.strip(" \t").lower() for f, v in fields if f == "CONNECTION" for t in v.split(",")}
+    if "close" in tokens:
+        return True
+    return version < (1, 1) and "keep-alive" not in tokens
+
+
+def _peer(address: Any) -> str:
+    return str(address[0]) if isinstance(address, tuple) else str(address)
+
+
+# -- the handler -------------------------------------------------------------------
+
+
+class StrictWSGIHandler(WSGIHandler):
+    """pywsgi's handler with gunicorn's strict head parsing."""
+
+    def handle_one_request(self) -> tuple[str, bytes] | bool | None:
+        """One request: None closes quietly, (status, bytes) answers and closes."""
+        if self.rfile.closed:
+            return None
+        self.response_length = 0
+        try:
+            if not self._read_head():
+                return None
+        except Refused as exc:
+            log.info("serve: refused a request from %s: %s", _peer(self.client_address), exc)
+            return (str(exc.status), exc.response())
+        except OSError:
+            return None  # the client went away, or a read timed out
+        self.environ = self.get_environ()
+        self.application = self.server.application
+        self.handle_one_response()
+        if self.close_connection or self.rfile.closed:
+            return None
+        return True
+
+    def _read_head(self) -> bool:
+        self.requestline = ""
+        raw = self._read_line(MAX_REQUEST_LINE)
+        if raw == "\r\n":  # RFC 9112 2.2: one empty line before a request is ignored
+            raw = self._read_line(MAX_REQUEST_LINE)
+        if not raw:
+            return False
+        self.requestline = raw[:-2]
+        line = parse_request_line(self.requestline)
+        fields, lines = self._read_fields()
+        self.content_length = framing(fields, line)
+        _expects_continue(fields)
+        self.command, self.path = line.method, line.target
+        self.request_version = f"HTTP/{line.version[0]}.{line.version[1]}"
+        self.close_connection = _closes(fields, line.version)
+        # pywsgi's own header object, from lines known to be well-formed.
+        self.headers = self.MessageClass(BytesIO("".join(lines).encode("latin-1") + b"\r\n"), 0)
+        return True
+
+    def _read_line(self, limit: int) -> str:
+        """One line ending in CRLF ('' at the end of the stream)."""
+        raw = self.rfile.readline(limit + 1)
+        if not raw:
+            return ""
+        if len(raw) > limit:
+            raise Refused("line too long")
+        if not raw.endswith(b"\r\n") or b"\r" in raw[:-2]:
+            raise Refused("a line not ended by CRLF")
+        return raw.decode("latin-1")
+
+    def _read_fields(self) -> tuple[list[tuple[str, str]], list[str]]:
+        fields: list[tuple[str, str]] = []
+        lines: list[str] = []
+        while True:
+            raw = self._read_line(MAX_FIELD_LINE)
+            if not raw:
+                raise Refused("end of stream inside the head")
+            if raw == "\r\n":
+                return fields, lines
+            if len(fields) >= MAX_HEADER_FIELDS:
+                raise Refused("too many header fields")
+            fields.append(parse_field_line(raw[:-2]))
+            lines.append(raw)
+
+    # -- HEAD: the headers a GET would have, no body on the wire ------------------
+
+    def finalize_headers(self) -> None:
+        super().finalize_headers()
+        if self.command == "HEAD":
+            self.response_use_chunked = False  # no terminating chunk either
+
+    def _write(self, data: bytes, *args: Any) -> None:
+        if self.command != "HEAD":
+            super()._write(data, *args)
+
+
+# -- the server --------------------------------------------------------------------
+
+
+class StrictWSGIServer(WSGIServer):
+    """pywsgi's server with :class:`StrictWSGIHandler` and TCP_NODELAY."""
+
+    handler_class = StrictWSGIHandler
     idle_timeout: float = IDLE_TIMEOUT_S
 
     def handle(self, sock: socket.socket, address: Any) -> None:
@@ -37,7 +298,11 @@ class NoDelayWSGIServer(WSGIServer):
 
 
 def with_content_length(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
-    """Buffer a body that has no Content-Length, so pywsgi never answers chunked."""
+    """Buffer a body that has no Content-Length, so pywsgi never answers chunked.
+
+    Not for 1xx, 204 and 304 answers: they have no body, and a 304's
+    Content-Length may only be the full representation's (RFC 9110 8.6).
+    """
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         captured: dict[str, Any] = {}
@@ -48,7 +313,8 @@ def with_content_length(app: Callable[..., Iterable[bytes]]) -> Callable[..., It
 
         body_iter = app(environ, capture)
         headers = captured["headers"]
-        if any(name.lower() == "content-length" for name, _ in headers):
+        bodiless = _bodiless(captured["status"])
+        if bodiless or any(name.lower() == "content-length" for name, _ in headers):
             start_response(captured["status"], headers, captured["exc_info"])
             return body_iter
         try:
@@ -62,6 +328,11 @@ def with_content_length(app: Callable[..., Iterable[bytes]]) -> Callable[..., It
         return [body]
 
     return wrapped
+
+
+def _bodiless(status: str) -> bool:
+    code = status[:3]
+    return code in ("204", "304") or code.startswith("1")
 
 
 def local_base_url() -> str | None:

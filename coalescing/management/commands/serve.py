@@ -98,7 +98,7 @@ class Command(BaseCommand):
         try:
             # A pool of handler greenlets (unbounded): gevent's stop() waits only
             # for handlers in a pool, so without one SIGTERM cut requests off.
-            httpd = server.NoDelayWSGIServer(
+            httpd = server.StrictWSGIServer(
                 (host, port),
                 application,
                 log="default" if access_log else None,

@@ -1,0 +1,297 @@
+"""``manage.py serve`` under hostile clients (issue 12, findings 4, 5, 6, 9).
+
+Real ``serve`` processes and raw sockets: ambiguous framing gets one 400 and
+a closed connection with nothing processed (a request smuggled in a body is
+never answered), HEAD answers carry no body on the wire, HTTP/1.1 needs Host,
+and a query Django cannot read is a JSON 400 on every URL with DEBUG on or off.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from coalescing.server import with_content_length
+from testkit.servers import Server, manage, serve
+
+pytestmark = pytest.mark.e2e
+
+HOST = b"Host: 127.0.0.1\r\n"
+SMUGGLED = b"GET /products?productId=SMUGGLED HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('strict') / 'db.sqlite3'}"
+    migrated = manage("migrate", "--noinput", env={"DATABASE_URL": url})
+    assert migrated.returncode == 0, migrated.stderr
+    return url
+
+
+@pytest.fixture(scope="module")
+def strict(_upstream_server, database) -> Iterator[Server]:
+    """One serve in front of the counting upstream."""
+    env = {"PRODUCT_API_BASE": _upstream_server.url, "DATABASE_URL": database}
+    srv = serve(env)
+    yield srv
+    srv.stop()
+
+
+def connect(srv: Server, timeout: float = 5.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def exchange(srv: Server, data: bytes, timeout: float = 5.0) -> tuple[bytes, bool]:
+    """Send ``data``, read until the server closes: (all it sent, whether it closed)."""
+    with connect(srv, timeout) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            return received, False
+        except ConnectionResetError:
+            pass  # closed with our unread bytes still in its buffer: closed all the same
+        return received, True
+
+
+def outer(*fields: bytes, body: bytes = b"", version: bytes = b"HTTP/1.1") -> bytes:
+    """A GET that would reach the upstream, carrying ``fields`` and ``body``."""
+    line = b"GET /products?productId=OUTER " + version + b"\r\n"
+    return line + b"".join(f + b"\r\n" for f in fields) + b"\r\n" + body
+
+
+CHUNKED_SMUGGLE = b"0\r\n\r\n" + SMUGGLED
+#: name -> (request, the status gunicorn answers it with).
+CORPUS: dict[str, tuple[bytes, int]] = {
+    "te_and_cl": (
+        outer(HOST[:-2], b"Content-Length: 5", b"Transfer-Encoding: chunked", body=CHUNKED_SMUGGLE),
+        400,
+    ),
+    "cl_and_te": (
+        outer(
+            HOST[:-2], b"Transfer-Encoding: chunked", b"Content-Length: 60", body=CHUNKED_SMUGGLE
+        ),
+        400,
+    ),
+    "cl_differing": (
+        outer(HOST[:-2], b"Content-Length: 0", b"Content-Length: 70", body=SMUGGLED),
+        400,
+    ),
+    "cl_repeated": (
+        outer(HOST[:-2], b"Content-Length: 0", b"Content-Length: 0", body=SMUGGLED),
+        400,
+    ),
+    "cl_list": (outer(HOST[:-2], b"Content-Length: 0, 0", body=SMUGGLED), 400),
+    "cl_plus": (outer(HOST[:-2], b"Content-Length: +0", body=SMUGGLED), 400),
+    "cl_minus": (outer(HOST[:-2], b"Content-Length: -1", body=SMUGGLED), 400),
+    "cl_two_numbers": (outer(HOST[:-2], b"Content-Length: 0 5", body=SMUGGLED), 400),
+    "cl_hex": (outer(HOST[:-2], b"Content-Length: 0x0", body=SMUGGLED), 400),
+    "cl_empty": (outer(HOST[:-2], b"Content-Length: ", body=SMUGGLED), 400),
+    "cl_unicode_digit": (outer(HOST[:-2], "Content-Length: \u00b2".encode("latin-1")), 400),
+    "cl_huge": (outer(HOST[:-2], b"Content-Length: 99999999999999999999999"), 400),
+    "te_identity": (outer(HOST[:-2], b"Transfer-Encoding: identity", body=SMUGGLED), 400),
+    "te_not_final": (
+        outer(HOST[:-2], b"Transfer-Encoding: chunked, identity", body=CHUNKED_SMUGGLE),
+        400,
+    ),
+    "te_gzip_chunked": (
+        outer(HOST[:-2], b"Transfer-Encoding: gzip, chunked", body=CHUNKED_SMUGGLE),
+        400,
+    ),
+    "te_chunked_twice": (
+        outer(HOST[:-2], b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"),
+        400,
+    ),
+    "te_unknown": (outer(HOST[:-2], b"Transfer-Encoding: xchunked", body=CHUNKED_SMUGGLE), 501),
+    "te_http10": (
+        outer(b"Transfer-Encoding: chunked", body=CHUNKED_SMUGGLE, version=b"HTTP/1.0"),
+        400,
+    ),
+    "te_space_before_colon": (
+        outer(HOST[:-2], b"Transfer-Encoding : chunked", b"Content-Length: 0", body=SMUGGLED),
+        400,
+    ),
+    "te_obs_fold": (
+        outer(HOST[:-2], b"Transfer-Encoding:", b" chunked", b"Content-Length: 0", body=SMUGGLED),
+        400,
+    ),
+    "obs_fold": (outer(HOST[:-2], b"X-Note: a", b"\tb"), 400),
+    "name_with_space": (outer(HOST[:-2], b"X Note: a"), 400),
+    "name_with_at": (outer(HOST[:-2], b"X@Note: a"), 400),
+    "name_empty": (outer(HOST[:-2], b": a"), 400),
+    "control_in_value": (outer(HOST[:-2], b"X-Note: a\x01b"), 400),
+    "bare_cr_in_value": (outer(HOST[:-2], b"X-Note: a\rContent-Length: 70", body=SMUGGLED), 400),
+    "bare_lf": (b"GET /products?productId=OUTER HTTP/1.1\nHost: 127.0.0.1\n\n", 400),
+    "no_host": (outer(), 400),
+    "host_twice": (outer(HOST[:-2], b"Host: evil.example"), 400),
+    "http09": (b"GET /products?productId=OUTER\r\n\r\n", 400),
+    "http2_version": (outer(HOST[:-2], version=b"HTTP/2.0"), 400),
+    "lower_case_method": (b"get /products?productId=OUTER HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    "double_space": (b"GET  /products?productId=OUTER HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    "target_not_ascii": ("GET /products?productId=\u00e9 HTTP/1.1\r\n".encode("latin-1"), 400),
+    "expect_unknown": (outer(HOST[:-2], b"Expect: 200-ok"), 417),
+}
+
+
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_ambiguous_framing_is_refused_once_and_closed(strict, upstream, name):
+    request, status = CORPUS[name]
+    received, closed = exchange(strict, request)
+    assert received.startswith(f"HTTP/1.1 {status} ".encode()), received[:200]
+    assert received.count(b"HTTP/1.1 ") == 1, received  # the smuggled request is never answered
+    assert closed
+    time.sleep(0.05)
+    assert upstream.count == 0, upstream.calls
+
+
+def test_the_same_request_well_framed_is_answered_and_its_body_read_as_declared(strict, upstream):
+    """The control: what the corpus refuses reaches the upstream when well-framed,
+    and a body of declared length is read as a body, never as a request."""
+    received, closed = exchange(
+        strict,
+        outer(HOST[:-2], f"Content-Length: {len(SMUGGLED)}".encode(), b"Connection: close")
+        + SMUGGLED,
+    )
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert received.count(b"HTTP/1.1 ") == 1 and closed
+    assert [c["path"] for c in upstream.calls] == ["/products/OUTER"]
+    chunked, _ = exchange(
+        strict,
+        outer(HOST[:-2], b"Transfer-Encoding: chunked", b"Connection: close", body=b"0\r\n\r\n"),
+    )
+    assert chunked.startswith(b"HTTP/1.1 200 ")
+
+
+def read_head(sock: socket.socket, buffer: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """(status line, headers, the bytes after the head) of the next response."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed inside a head: {buffer!r}"
+        buffer += chunk
+    head, rest = buffer.split(b"\r\n\r\n", 1)
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return status.encode(), headers, rest
+
+
+def read_body(sock: socket.socket, buffer: bytes, length: int) -> tuple[bytes, bytes]:
+    while len(buffer) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed inside a body"
+        buffer += chunk
+    return buffer[:length], buffer[length:]
+
+
+@pytest.mark.parametrize(
+    ("path", "same_length"),
+    [
+        ("/products?productId=HEAD1", True),
+        ("/docs", True),
+        ("/metrics", False),  # counts this very request
+        ("/nowhere", False),  # DEBUG's 404 page names the method
+        ("/admin/login/", False),  # a new CSRF token each time
+    ],
+)
+def test_head_has_no_body_on_the_wire_and_the_next_answer_parses(
+    strict, upstream, path, same_length
+):
+    host = f"Host: 127.0.0.1:{strict.port}\r\n"
+    with connect(strict) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\n{host}\r\n".encode())
+        status, get_headers, rest = read_head(sock, b"")
+        get_body, rest = read_body(sock, rest, int(get_headers["content-length"]))
+        sock.sendall(
+            f"HEAD {path} HTTP/1.1\r\n{host}\r\nGET {path} HTTP/1.1\r\n{host}\r\n".encode()
+        )
+        head_status, head_headers, rest = read_head(sock, rest)
+        assert head_status == status
+        assert int(head_headers["content-length"]) > 0
+        if same_length:
+            assert head_headers["content-length"] == get_headers["content-length"]
+        assert "transfer-encoding" not in head_headers
+        # What follows the HEAD answer's head is the next answer, not a body.
+        again, again_headers, rest = read_head(sock, rest)
+        assert again == status, rest[:200]
+        body, rest = read_body(sock, rest, int(again_headers["content-length"]))
+        assert len(body) == len(get_body) and rest == b""
+
+
+def test_http11_without_host_is_refused_and_http10_without_host_is_answered(strict):
+    refused, closed = exchange(strict, b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert refused.startswith(b"HTTP/1.1 400 ") and closed
+    answered, closed = exchange(strict, b"GET /metrics HTTP/1.0\r\n\r\n")
+    assert answered.startswith(b"HTTP/1.1 200 ") and b"coalescing_" in answered and closed
+
+
+# -- finding 6 and 9: Django-level client errors ------------------------------------
+
+#: 1,001 parameters in a request line pywsgi and gunicorn accept (4 KiB).
+MANY = "&".join(["p=1"] * 1001)
+
+
+@pytest.fixture(scope="module", params=["1", "0"], ids=["debug", "no-debug"])
+def demo(request, database) -> Iterator[Server]:
+    """serve with the demo upstream (no PRODUCT_API_BASE), DEBUG on and off."""
+    env = {"DATABASE_URL": database, "DEBUG": request.param, "SECRET_KEY": "s" * 50}
+    srv = serve(env)
+    srv.debug = request.param == "1"  # type: ignore[attr-defined]
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/products?productId=SKU1&",
+        "/demo/products/X?",
+        "/nowhere?",
+        "/admin/login/?",
+        "/demo/stock?",
+    ],
+)
+def test_a_thousand_parameters_are_a_json_400_on_every_url(demo, path):
+    if path.startswith("/products"):
+        assert demo.get("/products?productId=SKU1").status_code == 200  # the front has learned it
+    answer = demo.get(path + MANY)
+    assert answer.status_code == 400, answer.text[:300]
+    assert answer.headers["Content-Type"] == "application/json"
+    assert "1000" in answer.json()["detail"]
+    assert "Traceback" not in demo.log()
+
+
+def test_a_disallowed_host_is_a_json_400_logged_in_one_line(demo):
+    answer = demo.get("/products?productId=SKU1", headers={"Host": "evil.example"})
+    assert answer.status_code == 400
+    assert answer.json() == {"detail": "invalid Host header"}
+    log = demo.log()
+    assert "Traceback" not in log
+    # Django's console handler shows django.security under DEBUG only: one line.
+    assert log.count("Invalid HTTP_HOST header: 'evil.example'") == (1 if demo.debug else 0)
+
+
+def _app(status: str, body: bytes):
+    def app(environ, start_response):
+        start_response(status, [("Content-Type", "text/plain")])
+        return [body]
+
+    return app
+
+
+@pytest.mark.parametrize("status", ["304 Not Modified", "204 No Content", "103 Early Hints"])
+def test_no_content_length_is_added_to_answers_without_a_body(status):
+    seen: list = []
+    with_content_length(_app(status, b""))({}, lambda s, h, e=None: seen.append(h))
+    assert not any(name.lower() == "content-length" for name, _ in seen[0])
+
+
+def test_content_length_is_added_to_answers_with_a_body():
+    seen: list = []
+    body = with_content_length(_app("200 OK", b"hello"))({}, lambda s, h, e=None: seen.append(h))
+    assert ("Content-Length", "5") in seen[0] and b"".join(body) == b"hello"
