@@ -9,10 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from coalescing.entry import Entry, make_key
+from testkit.services import POSTGRES_URL, REDIS_URL, SERVICES_REQUIRED
 from testkit.upstream import FakeUpstream
-from tests.settings import POSTGRES_URL, SERVICES_REQUIRED
-
-REDIS_URL = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379/15")
 
 
 class Clock:

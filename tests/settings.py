@@ -17,12 +17,9 @@ import dj_database_url
 
 from coalesce_project.settings import *  # noqa: F403
 from coalesce_project.settings import DATABASES
+from testkit.services import POSTGRES_URL
 
 RUN_ID = os.getpid()
-SERVICES_REQUIRED = os.environ.get("REQUIRE_SERVICES") == "1"
-POSTGRES_URL = (
-    os.environ.get("DATABASE_URL_POSTGRES") or "postgres://postgres@127.0.0.1:5432/postgres"
-)
 
 DATABASES["default"]["TEST"] = {
     "NAME": os.path.join(tempfile.gettempdir(), f"coalescing-test-{RUN_ID}.sqlite3")
