@@ -35,6 +35,12 @@ INT_SETTINGS: dict[str, tuple[int, int]] = {
     # Bound of the persistent tier's size (rows, indexes and free pages);
     # past it the oldest entries are dropped. 0: no bound.
     "DATABASE_MAX_BYTES": (1_073_741_824, 0),
+    # ``manage.py serve``: the request line and headers must arrive within
+    # this from accept (or from the first byte on a keep-alive connection).
+    "SERVE_HEADER_TIMEOUT_MS": (10_000, 1),
+    # ``manage.py serve``: open connections at most; past it they wait to be
+    # accepted (and the keep-alive connection idle the longest is closed).
+    "SERVE_MAX_CONNECTIONS": (1000, 1),
 }
 STR_SETTINGS: dict[str, str] = {
     "REDIS_URL": "",
@@ -60,6 +66,8 @@ class CoalescingSettings:
     upstream_max_concurrency: int
     database_timeout_ms: int
     database_max_bytes: int
+    serve_header_timeout_ms: int
+    serve_max_connections: int
     redis_url: str
     redis_cache: str
     database_alias: str
@@ -83,14 +91,17 @@ def _parse_int(name: str, raw: Any) -> int:
     else:
         text = str(raw).strip().replace("_", "")
         if not text.isdigit():
-            raise ImproperlyConfigured(
-                f"{name} must be a whole number of {'bytes' if 'BYTES' in name else 'ms'}, "
-                f"got {raw!r}"
-            )
+            raise ImproperlyConfigured(f"{name} must be a whole number{_unit(name)}, got {raw!r}")
         value = int(text)
     if value < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def _unit(name: str) -> str:
+    if name.endswith("_BYTES"):
+        return " of bytes"
+    return " of ms" if name.endswith("_MS") else ""
 
 
 def build(values: Mapping[str, Any]) -> CoalescingSettings:

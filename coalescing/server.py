@@ -11,20 +11,32 @@ parsers could read two ways (see :func:`parse_request_line`,
 :func:`parse_field_line` and :func:`framing`; the decisions are gunicorn's).
 A response to HEAD carries no body on the wire.
 
-A connection idle for ``IDLE_TIMEOUT_S`` is closed, so that clients which
-open connections and walk away cannot hold the process's descriptors forever.
+Bounds, so that slow or idle clients cannot hold the process's descriptors:
+
+- the request head (line and headers) must arrive within ``header_timeout``
+  from accept (first request) or from its first byte (the next ones);
+- between requests a keep-alive connection waits at most ``idle_timeout``,
+  which also bounds every read and write;
+- at most ``max_connections`` connections are open (a bounded pool); past
+  it new connections wait in the listen backlog. When the pool fills, the
+  keep-alive connection idle the longest is closed to make room, as nginx
+  does: a client may always close an idle connection, so closing one harms
+  no request, where leaving it would make new clients wait the idle timeout.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import resource
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
+import gevent
+import gevent.pool
 from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
 
 log = logging.getLogger("coalescing")
@@ -34,6 +46,12 @@ bound_address: tuple[str, int] | None = None
 #: Longest wait for the next request on a keep-alive connection (nginx: 75 s),
 #: and for any one read or write on it.
 IDLE_TIMEOUT_S = 60.0
+#: Connections the kernel holds for us while the pool is full (capped by
+#: ``net.core.somaxconn``).
+LISTEN_BACKLOG = 2048
+#: Descriptors a process needs besides its client connections (database,
+#: Redis, upstream sockets, files).
+SPARE_FDS = 100
 
 #: Limits of a request head, gunicorn's defaults.
 MAX_HEADER_FIELDS = 100
@@ -55,7 +73,7 @@ DIGITS = re.compile(r"[0-9]+")
 #: one pywsgi reads, the rest are refused with 400, the unknown with 501.
 KNOWN_CODINGS = frozenset({"chunked", "identity", "gzip", "x-gzip", "deflate", "compress"})
 
-REASONS = {400: "Bad Request", 417: "Expectation Failed"}
+REASONS = {400: "Bad Request", 408: "Request Timeout", 417: "Expectation Failed"}
 REASONS[501] = "Not Implemented"
 
 
@@ -68,6 +86,10 @@ class Refused(ValueError):
 
     def response(self) -> bytes:
         return error_response(self.status)
+
+
+class _IdleEvicted(Exception):
+    """Thrown into a handler waiting between requests, to close its connection."""
 
 
 def error_response(status: int) -> bytes:
@@ -199,27 +221,71 @@ def _peer(address: Any) -> str:
 
 
 class StrictWSGIHandler(WSGIHandler):
-    """pywsgi's handler with gunicorn's strict head parsing."""
+    """pywsgi's handler with gunicorn's strict head parsing and the head deadline."""
+
+    server: StrictWSGIServer
+    _greenlet: Any = None
+    _waiting = False  # blocked between requests, nothing read: may be evicted
+    _served = 0
+
+    def handle(self) -> None:
+        self._greenlet = gevent.getcurrent()
+        super().handle()
 
     def handle_one_request(self) -> tuple[str, bytes] | bool | None:
         """One request: None closes quietly, (status, bytes) answers and closes."""
         if self.rfile.closed:
             return None
+        if self._served and not self._await_next_request():
+            return None
         self.response_length = 0
+        deadline = gevent.Timeout(self.server.header_timeout)
+        deadline.start()
         try:
             if not self._read_head():
                 return None
+        except gevent.Timeout as exc:
+            if exc is not deadline:
+                raise
+            # 408 once a request line has come; before, closed quietly (a
+            # preconnect or a scan gets nothing).
+            return ("408", error_response(408)) if self.requestline else None
         except Refused as exc:
             log.info("serve: refused a request from %s: %s", _peer(self.client_address), exc)
             return (str(exc.status), exc.response())
         except OSError:
             return None  # the client went away, or a read timed out
+        finally:
+            deadline.close()
         self.environ = self.get_environ()
         self.application = self.server.application
         self.handle_one_response()
-        if self.close_connection or self.rfile.closed:
-            return None
+        self._served += 1
+        if self.close_connection or self.rfile.closed or self.server.closed:
+            return None  # a stopping server finishes this request, then closes
         return True
+
+    def _await_next_request(self) -> bool:
+        """Wait for the next request's first byte; False: close the connection."""
+        self._waiting = True
+        self.server.idle[self] = None
+        try:
+            # peek reads the socket only when nothing is buffered (pipelining).
+            return bool(self.rfile.peek(1))
+        except (OSError, _IdleEvicted):
+            return False
+        finally:
+            self._waiting = False
+            self.server.idle.pop(self, None)
+
+    def evict_if_idle(self) -> None:
+        """Run by the hub: close the connection if it still waits between requests.
+
+        Checked here, not when the eviction is decided: a request that
+        arrived meanwhile is served, never cut.
+        """
+        if self._waiting and self._greenlet is not None:
+            self._greenlet.throw(_IdleEvicted())
 
     def _read_head(self) -> bool:
         self.requestline = ""
@@ -281,20 +347,59 @@ class StrictWSGIHandler(WSGIHandler):
 
 
 class StrictWSGIServer(WSGIServer):
-    """pywsgi's server with :class:`StrictWSGIHandler` and TCP_NODELAY."""
+    """pywsgi's server with :class:`StrictWSGIHandler`, the bounds, TCP_NODELAY."""
 
     handler_class = StrictWSGIHandler
     idle_timeout: float = IDLE_TIMEOUT_S
+    header_timeout: float = 10.0
+
+    def __init__(self, *args: Any, max_connections: int = 1000, **kwargs: Any) -> None:
+        # A pool, bounded: gevent accepts no more while it is full, and its
+        # stop() waits only for handlers in a pool (requests in hand finish).
+        kwargs.setdefault("spawn", gevent.pool.Pool(max_connections))
+        kwargs.setdefault("backlog", LISTEN_BACKLOG)
+        super().__init__(*args, **kwargs)
+        #: Handlers waiting between requests, the longest-waiting first.
+        self.idle: dict[StrictWSGIHandler, None] = {}
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # not TCP (a Unix socket): nothing to do
-        # pywsgi treats a timeout while waiting for a request line as the
-        # client going away: the connection is closed quietly.
         sock.settimeout(self.idle_timeout)
+        if self.pool is not None and self.pool.full():
+            self.evict_idle(1)  # this connection took the last slot: free one
         super().handle(sock, address)
+
+    def evict_idle(self, count: int | None = None) -> None:
+        """Close up to ``count`` (None: all) connections idle between requests."""
+        for handler in list(self.idle)[:count]:
+            del self.idle[handler]
+            self.loop.run_callback(handler.evict_if_idle)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, close the idle connections, let requests in hand finish."""
+        self.close()
+        self.evict_idle()
+        super().stop(timeout)
+
+
+def fit_fd_limit(max_connections: int) -> str | None:
+    """Raise the soft open-files limit to fit ``max_connections``; a warning if it cannot."""
+    needed = max_connections + SPARE_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target >= needed:
+        return None
+    return (
+        f"SERVE_MAX_CONNECTIONS is {max_connections} but the open-files limit is {target} "
+        f"(hard limit): past about {target - SPARE_FDS} connections accept() will fail"
+    )
 
 
 def with_content_length(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:

@@ -3,18 +3,23 @@
 Real ``serve`` processes and raw sockets: ambiguous framing gets one 400 and
 a closed connection with nothing processed (a request smuggled in a body is
 never answered), HEAD answers carry no body on the wire, HTTP/1.1 needs Host,
-and a query Django cannot read is a JSON 400 on every URL with DEBUG on or off.
+a request head must arrive within its deadline, the connection cap holds
+without hurting the connections in hand, and a query Django cannot read is a
+JSON 400 on every URL with DEBUG on or off.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from coalescing.server import with_content_length
+from testkit.ports import free_port
 from testkit.servers import Server, manage, serve
 
 pytestmark = pytest.mark.e2e
@@ -33,9 +38,9 @@ def database(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def strict(_upstream_server, database) -> Iterator[Server]:
-    """One serve in front of the counting upstream."""
+    """One serve in front of the counting upstream, with a 1 s head deadline."""
     env = {"PRODUCT_API_BASE": _upstream_server.url, "DATABASE_URL": database}
-    srv = serve(env)
+    srv = serve(env, None, "--header-timeout", "1")
     yield srv
     srv.stop()
 
@@ -228,6 +233,136 @@ def test_http11_without_host_is_refused_and_http10_without_host_is_answered(stri
     assert refused.startswith(b"HTTP/1.1 400 ") and closed
     answered, closed = exchange(strict, b"GET /metrics HTTP/1.0\r\n\r\n")
     assert answered.startswith(b"HTTP/1.1 200 ") and b"coalescing_" in answered and closed
+
+
+def _close_delay(sock: socket.socket) -> tuple[float, bytes]:
+    """Seconds until the server closes ``sock``, and what it sent before."""
+    started, received = time.monotonic(), b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return time.monotonic() - started, received
+
+
+def test_a_slow_header_sender_is_cut_off_at_the_deadline(strict):
+    with connect(strict) as sock:
+        started = time.monotonic()
+        sock.settimeout(0.1)  # also the pace: a byte each 0.1 s, every read is quick
+        received, closed_after = b"", None
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 40:
+            try:
+                sock.sendall(bytes([byte]))
+                received = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                pass  # reset: closed
+            closed_after = time.monotonic() - started
+            break
+    assert closed_after is not None, "still open after 6 s of a trickling head"
+    assert 0.9 <= closed_after <= 2.0, closed_after
+    assert received in (
+        b"",
+        b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    ), received
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_deadline(strict):
+    with connect(strict) as sock:
+        took, received = _close_delay(sock)
+    assert 0.8 <= took <= 2.5, took
+    assert received == b""  # nothing was asked: closed quietly
+
+
+def test_an_idle_keep_alive_connection_outlives_the_head_deadline(strict):
+    request = f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{strict.port}\r\n\r\n".encode()
+    with connect(strict) as sock:
+        sock.sendall(request)
+        _, headers, rest = read_head(sock, b"")
+        read_body(sock, rest, int(headers["content-length"]))
+        time.sleep(1.6)  # past the 1 s head deadline, well within the 60 s idle timeout
+        sock.sendall(request)
+        status, _, _ = read_head(sock, b"")
+        assert status.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.fixture(scope="module")
+def capped(database) -> Iterator[Server]:
+    srv = serve({"DATABASE_URL": database}, None, "--max-connections", "5")
+    yield srv
+    srv.stop()
+
+
+def _get_in_thread(srv: Server, results: list) -> threading.Thread:
+    def run() -> None:
+        try:
+            results.append(requests.get(srv.url + "/metrics", timeout=15).status_code)
+        except requests.RequestException as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_past_the_cap_a_connection_waits_and_those_in_hand_are_not_harmed(capped):
+    held = [connect(capped) for _ in range(5)]
+    try:
+        time.sleep(0.3)  # all five accepted: the pool is full
+        results: list = []
+        waiting = _get_in_thread(capped, results)
+        time.sleep(1.0)
+        assert results == [], "answered while five connections held every slot"
+        held.pop(0).close()
+        waiting.join(5)
+        assert results == [200]
+        for sock in held:  # the four others, still in hand, are served as usual
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            status, _, _ = read_head(sock, b"")
+            assert status.startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_at_the_cap_the_longest_idle_keep_alive_connection_makes_room(capped):
+    request = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    idle = []
+    try:
+        for _ in range(5):
+            sock = connect(capped)
+            sock.sendall(request)
+            _, headers, rest = read_head(sock, b"")
+            read_body(sock, rest, int(headers["content-length"]))
+            idle.append(sock)
+            time.sleep(0.05)
+        started = time.monotonic()
+        answer = requests.get(capped.url + "/metrics", timeout=5)
+        assert answer.status_code == 200
+        assert time.monotonic() - started < 2.0  # not the 60 s idle timeout
+        oldest_took, received = _close_delay(idle[0])
+        assert received == b"" and oldest_took < 1.0  # it was closed, not left open
+        for sock in idle[2:]:
+            sock.sendall(request)
+            status, _, _ = read_head(sock, b"")
+            assert status.startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_the_cap_and_the_deadline_are_settings_named_when_wrong(database):
+    port = str(free_port())
+    for name, value in [("SERVE_MAX_CONNECTIONS", "0"), ("SERVE_HEADER_TIMEOUT_MS", "soon")]:
+        env = {"DATABASE_URL": database, name: value}
+        done = manage("serve", "--port", port, env=env, timeout=60)
+        assert done.returncode != 0
+        assert name in done.stderr, done.stderr[-500:]
+    env = {"DATABASE_URL": database}
+    done = manage("serve", "--port", port, "--max-connections", "0", env=env, timeout=60)
+    assert done.returncode != 0 and "--max-connections must be at least 1" in done.stderr
 
 
 # -- finding 6 and 9: Django-level client errors ------------------------------------

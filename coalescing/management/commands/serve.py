@@ -62,6 +62,19 @@ class Command(BaseCommand):
             default=None,
             help="seconds before an idle keep-alive connection is closed (default 60)",
         )
+        parser.add_argument(
+            "--header-timeout",
+            type=float,
+            default=None,
+            help="seconds for a request's line and headers to arrive "
+            "(default: SERVE_HEADER_TIMEOUT_MS)",
+        )
+        parser.add_argument(
+            "--max-connections",
+            type=int,
+            default=None,
+            help="open connections at most (default: SERVE_MAX_CONNECTIONS)",
+        )
         parser.add_argument("--access-log", action="store_true", help="log every request")
 
     def handle(
@@ -71,11 +84,12 @@ class Command(BaseCommand):
         port: int,
         stop_timeout: float,
         idle_timeout: float | None,
+        header_timeout: float | None,
+        max_connections: int | None,
         access_log: bool,
         **kw,
     ):
         import gevent
-        import gevent.pool
         from gevent import monkey
 
         if not monkey.is_module_patched("socket"):
@@ -87,6 +101,7 @@ class Command(BaseCommand):
             raise CommandError(f"--port must be between 1 and 65535, got {port}")
         if idle_timeout is not None and not idle_timeout > 0:
             raise CommandError(f"--idle-timeout must be above 0 seconds, got {idle_timeout}")
+        header_timeout, max_connections = _bounds(header_timeout, max_connections)
         # The project's own WSGI_APPLICATION, as runserver does (its wsgi.py
         # decides whether coalescing.wsgi answers the endpoints in front).
         from django.core.servers.basehttp import get_internal_wsgi_application
@@ -95,17 +110,21 @@ class Command(BaseCommand):
         from coalescing.runtime import get_coalescer
 
         application = server.with_content_length(get_internal_wsgi_application())
+        warning = server.fit_fd_limit(max_connections)
+        if warning:
+            self.stderr.write(f"Warning: {warning}")
         try:
-            # A pool of handler greenlets (unbounded): gevent's stop() waits only
-            # for handlers in a pool, so without one SIGTERM cut requests off.
             httpd = server.StrictWSGIServer(
                 (host, port),
                 application,
                 log="default" if access_log else None,
-                spawn=gevent.pool.Pool(),
+                max_connections=max_connections,
             )
             if idle_timeout is not None:
                 httpd.idle_timeout = idle_timeout
+            httpd.header_timeout = header_timeout
+            # serve_forever() stops again once stopped, with this timeout.
+            httpd.stop_timeout = stop_timeout
             httpd.init_socket()
         except OSError as exc:
             raise CommandError(f"cannot listen on {host}:{port}: {exc}") from exc
@@ -125,3 +144,19 @@ class Command(BaseCommand):
             self.stderr.write("Stopped; cache writes lost: " + "; ".join(unwritten))
         else:
             self.stdout.write("Stopped; pending cache writes written.")
+
+
+def _bounds(header_timeout: float | None, max_connections: int | None) -> tuple[float, int]:
+    """The head deadline (seconds) and the connection cap: the flags, else the settings."""
+    from coalescing.conf import get_settings
+
+    conf = get_settings()
+    if header_timeout is None:
+        header_timeout = conf.serve_header_timeout_ms / 1000.0
+    elif not header_timeout > 0:
+        raise CommandError(f"--header-timeout must be above 0 seconds, got {header_timeout}")
+    if max_connections is None:
+        max_connections = conf.serve_max_connections
+    elif max_connections < 1:
+        raise CommandError(f"--max-connections must be at least 1, got {max_connections}")
+    return header_timeout, max_connections
