@@ -1,19 +1,14 @@
 """Request coalescing and a multi-tier stale-while-revalidate cache for Django.
 
-The names a site uses are here (and in the documented modules
-``coalescing.params``, ``coalescing.operations``, ``coalescing.asgi``,
-``coalescing.wsgi`` and ``coalescing.gunicorn``); every other module is
-private.
+The names a site uses are here, and in the documented modules, each with
+its ``__all__``: ``coalescing.params`` (helpers for a hand-written
+``parse``), ``coalescing.operations`` (invalidate and refresh from code),
+``coalescing.conf`` (``from_environ``), ``coalescing.urls`` (``/metrics``),
+``coalescing.asgi``, ``coalescing.wsgi``, ``coalescing.middleware`` and
+``coalescing.gunicorn`` (serving). Every other module is private.
 
-Errors::
-
-    BadRequest                 invalid parameters: the client's 400
-    UpstreamError              a failed upstream call: never stored, 502 to the client
-    ├── UpstreamTimeout        the budget ran out: 504
-    ├── UpstreamUnavailable    connection refused, reset, DNS...
-    ├── UpstreamBadStatus      a status other than 200 or 404
-    ├── UpstreamBadBody        over the size cap, or not what the endpoint accepts
-    └── CallFailed             a @coalesced function raised, with no stale value left
+The exceptions are all in :mod:`coalescing.errors` (its docstring draws
+the tree) and exported here.
 """
 
 from __future__ import annotations
@@ -27,14 +22,16 @@ from typing import TYPE_CHECKING, Any
 # bring in the HTTP client, threads and locks with it.
 _EXPORTS = {
     "BadRequest": ".errors",
-    "CallFailed": ".functions",
+    "CallFailed": ".errors",
     "CoalescedEndpoint": ".endpoint",
-    "UpstreamBadBody": ".upstream",
-    "UpstreamBadStatus": ".upstream",
-    "UpstreamError": ".upstream",
+    "UpstreamBadBody": ".errors",
+    "UpstreamBadStatus": ".errors",
+    "UpstreamError": ".errors",
+    "UpstreamHeldBack": ".errors",
+    "UpstreamOverloaded": ".errors",
     "UpstreamRequest": ".upstream",
-    "UpstreamTimeout": ".upstream",
-    "UpstreamUnavailable": ".upstream",
+    "UpstreamTimeout": ".errors",
+    "UpstreamUnavailable": ".errors",
     "coalesced": ".functions",
 }
 __all__ = [
@@ -44,6 +41,8 @@ __all__ = [
     "UpstreamBadBody",
     "UpstreamBadStatus",
     "UpstreamError",
+    "UpstreamHeldBack",
+    "UpstreamOverloaded",
     "UpstreamRequest",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -53,16 +52,19 @@ assert set(__all__) == set(_EXPORTS)
 
 if TYPE_CHECKING:
     from .endpoint import CoalescedEndpoint
-    from .errors import BadRequest
-    from .functions import CallFailed, coalesced
-    from .upstream import (
+    from .errors import (
+        BadRequest,
+        CallFailed,
         UpstreamBadBody,
         UpstreamBadStatus,
         UpstreamError,
-        UpstreamRequest,
+        UpstreamHeldBack,
+        UpstreamOverloaded,
         UpstreamTimeout,
         UpstreamUnavailable,
     )
+    from .functions import coalesced
+    from .upstream import UpstreamRequest
 
 
 def __getattr__(name: str) -> Any:

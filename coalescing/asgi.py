@@ -17,6 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+__all__ = ["CoalescingASGIHandler", "get_asgi_application"]
+
 log = logging.getLogger("coalescing")
 
 Scope = MutableMapping[str, Any]

@@ -21,13 +21,15 @@ from typing import Any
 
 from . import metrics
 from .entry import Entry, Policy, State
-from .health import Health
-from .protection import (
-    ConcurrencyLimit,
-    FailureBackoff,
+from .errors import (
+    UpstreamBadBody,
+    UpstreamError,
     UpstreamHeldBack,
     UpstreamOverloaded,
+    UpstreamTimeout,
 )
+from .health import Health
+from .protection import ConcurrencyLimit, FailureBackoff
 from .reads import (
     ACCEPT_FRESH,
     ACCEPT_NONE,
@@ -42,14 +44,7 @@ from .reads import (
 )
 from .singleflight import Flight, FlightTimeout, SingleFlight
 from .tiers.base import Tier
-from .upstream import (
-    UpstreamBadBody,
-    UpstreamClient,
-    UpstreamError,
-    UpstreamResponse,
-    UpstreamTimeout,
-    Validators,
-)
+from .upstream import UpstreamClient, UpstreamResponse, Validators
 
 log = logging.getLogger("coalescing")
 
@@ -512,7 +507,7 @@ def _detach(error: UpstreamError) -> None:
     The Outcome that carries it is held by the flight, and a traceback's
     frames reach back through ``f_back`` to the flight's own frame: a cycle,
     which kept the body read so far (up to the size cap) until the cyclic
-    garbage collector happened to run (``make soak``: serve +30 MiB).
+    garbage collector happened to run.
     """
     error.__traceback__ = None
     error.__cause__ = error.__context__ = None

@@ -17,13 +17,12 @@ import redis
 
 from . import metrics
 from .entry import Entry
+from .errors import UpstreamError, UpstreamOverloaded, UpstreamTimeout
 from .health import Health
 from .lease import Leases, Notifier
-from .protection import UpstreamOverloaded
 from .reads import Accept, Lookup, Outcome, Source
 from .tiers.base import TierError
 from .tiers.redis import RedisTier
-from .upstream import UpstreamError, UpstreamTimeout
 
 #: Fallback poll while waiting on another process (pub/sub normally wakes us).
 POLL_S = 0.25

@@ -31,18 +31,13 @@ from typing import Any
 from .conf import get_settings
 from .endpoint import CoalescedEndpoint
 from .entry import make_key
-from .errors import BadRequest
+from .errors import BadRequest, CallFailed, UpstreamError, UpstreamTimeout
 from .params import QueryLists
 from .reads import Answer, Lookup
 from .runtime import get_coalescer
-from .upstream import UpstreamError, UpstreamTimeout
 
 JSON = "application/json"
 BYTES = "application/octet-stream"
-
-
-class CallFailed(UpstreamError):
-    """The function raised (or returned what cannot be stored) and no stale value was left."""
 
 
 class CoalescedFunction:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+__all__ = ["child_exit"]
+
 
 def child_exit(server: Any, worker: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

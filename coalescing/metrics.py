@@ -86,8 +86,8 @@ PREFIX = "coalescing_"
 
 
 class _OwnMetrics:
-    """The ``coalescing_`` families of a registry: CONTRACT.md's /metrics has no others
-    (prometheus-client's default process and platform collectors are left out)."""
+    """The ``coalescing_`` families of a registry, and no others: prometheus-client's
+    default process and platform collectors are left out of ``/metrics``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry

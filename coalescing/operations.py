@@ -24,6 +24,8 @@ from .policies import current_policies
 from .reads import Answer, Lookup
 from .runtime import get_coalescer
 
+__all__ = ["invalidate", "invalidate_key", "invalidate_tag", "refresh", "refresh_key"]
+
 
 def _lookup(endpoint: str, params: dict[str, str | Sequence[str]]) -> Lookup:
     query = {k: [v] if isinstance(v, str) else list(v) for k, v in params.items()}

@@ -19,6 +19,16 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import BadRequest
 
+__all__ = [
+    "QueryLists",
+    "csv_set",
+    "describe",
+    "openapi_parameters",
+    "parse_schema",
+    "query_lists",
+    "single",
+]
+
 QueryLists = Mapping[str, Sequence[str]]
 
 

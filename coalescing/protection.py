@@ -18,15 +18,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
-from .upstream import UpstreamError
-
-
-class UpstreamOverloaded(UpstreamError):
-    http_status = 503
-
-
-class UpstreamHeldBack(UpstreamError):
-    """The key's last upstream call failed moments ago; no new call yet."""
+from .errors import UpstreamError, UpstreamHeldBack, UpstreamOverloaded
 
 
 class ConcurrencyLimit:

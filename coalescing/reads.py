@@ -14,11 +14,12 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .entry import Entry, Policy, State
-from .upstream import UpstreamError, UpstreamRequest
+from .errors import UpstreamError
+from .upstream import UpstreamRequest
 
 
 class XCache(enum.StrEnum):
-    """The ``X-Cache`` of an answer (CONTRACT: the response headers)."""
+    """The ``X-Cache`` header of an answer (the README lists the values)."""
 
     HIT = "HIT"  # fresh from a tier
     STALE = "STALE"  # stale served: while a refresh runs, or on an upstream error

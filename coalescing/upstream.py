@@ -1,12 +1,7 @@
 """The HTTP client of the upstream: one pooled session, a hard time budget, a size cap.
 
-Errors, all raised as :class:`UpstreamError`::
-
-    UpstreamError              any failed call: never stored, 502 to the client
-    ├── UpstreamTimeout        the budget ran out (connect + read): 504
-    ├── UpstreamUnavailable    connection refused, reset, DNS...
-    ├── UpstreamBadStatus      a status other than 200 or 404 (5xx, 429, redirects...)
-    └── UpstreamBadBody        over the size cap, or not what the endpoint accepts
+A failed call raises an :class:`~coalescing.errors.UpstreamError` (the tree
+is drawn in :mod:`coalescing.errors`).
 
 Nothing of the client's request reaches the upstream: the session sends only
 the headers below and those the endpoint's :class:`UpstreamRequest` names,
@@ -34,39 +29,16 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .alarms import ALARMS
+from .errors import (
+    UpstreamBadBody,
+    UpstreamBadStatus,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 USER_AGENT = "django-coalescing/0.1"
 READ_CHUNK = 16 * 1024
-
-
-class UpstreamError(Exception):
-    http_status = 502  # what the client gets when no stale value can be served
-    retry_after: int | None = None  # seconds, for a ``Retry-After`` header
-
-    def __init__(self, message: str, upstream_status: int | None = None) -> None:
-        super().__init__(message)
-        self.upstream_status = upstream_status
-
-    @property
-    def fwd_status(self) -> int:
-        """RFC 9211 ``fwd-status``: the upstream's status, or ours when it gave none."""
-        return self.upstream_status or self.http_status
-
-
-class UpstreamTimeout(UpstreamError):
-    http_status = 504
-
-
-class UpstreamUnavailable(UpstreamError):
-    pass
-
-
-class UpstreamBadStatus(UpstreamError):
-    pass
-
-
-class UpstreamBadBody(UpstreamError):
-    pass
 
 
 #: The methods an upstream read may use: GET, or POST for APIs that read with a body.

@@ -4,6 +4,8 @@ from django.urls import path
 
 from .views import metrics_view
 
+__all__ = ["urlpatterns"]
+
 urlpatterns = [
     path("metrics", metrics_view, name="coalescing-metrics"),
 ]

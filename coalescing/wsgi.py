@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+__all__ = ["CoalescingWSGIHandler", "get_wsgi_application"]
+
 log = logging.getLogger("coalescing")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

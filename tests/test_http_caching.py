@@ -17,7 +17,7 @@ from django.test import Client
 
 from coalescing import runtime
 from coalescing.entry import Entry, Policy, State, body_etag
-from coalescing.protection import UpstreamOverloaded
+from coalescing.errors import UpstreamOverloaded
 from coalescing.reads import Answer
 from coalescing.responses import build_response, cache_control, etag_matches
 from testkit.servers import manage, parse_cache_status, serve, uvicorn

@@ -5,8 +5,7 @@ Two reasons for threads of their own:
 - Django's connections belong to the thread that opened them, and every
   flight runs in a thread (a greenlet) of its own: read there, each cold
   miss opened a database connection for one ``SELECT`` and closed it again
-  (py-spy under the W6 benchmark: 13 % of the process's CPU; with
-  PostgreSQL, a server process per miss). These threads keep theirs open.
+  (with PostgreSQL, a server process per miss). These threads keep theirs open.
 - sqlite3 is C and not cooperative. Under gevent a ``threading.Thread`` is a
   greenlet, so a slow SQLite call, or its busy wait on another process's
   write lock, would hold the whole process: every request, hits included.
