@@ -23,6 +23,7 @@ from .cluster import SETTINGS, WAIT_BOUND_S, Cluster, describe_machine
 from .load import Result
 from .scenarios import SCENARIOS, Ctx
 from .scenarios_db import DB_SCENARIOS  # noqa: F401  (registers them)
+from .scenarios_http import HTTP_SCENARIOS  # noqa: F401  (registers them)
 
 SHARED_POSTGRES = os.environ.get(
     "DATABASE_URL_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres"
