@@ -73,8 +73,14 @@ DIGITS = re.compile(r"[0-9]+")
 #: one pywsgi reads, the rest are refused with 400, the unknown with 501.
 KNOWN_CODINGS = frozenset({"chunked", "identity", "gzip", "x-gzip", "deflate", "compress"})
 
-REASONS = {400: "Bad Request", 408: "Request Timeout", 417: "Expectation Failed"}
-REASONS[501] = "Not Implemented"
+REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    414: "URI Too Long",
+    417: "Expectation Failed",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+}
 
 
 class Refused(ValueError):
@@ -192,6 +198,7 @@ def framing(fields: list[tuple[str, str]], line: RequestLine) -> int | None:
         return None
     if length is None:
         return None
+    # The length first: int() of thousands of digits is slow, then an error.
     if not DIGITS.fullmatch(length) or len(length) > 19 or int(length) > MAX_CONTENT_LENGTH:
         raise Refused("malformed Content-Length")
     value = int(length)
@@ -289,9 +296,9 @@ class StrictWSGIHandler(WSGIHandler):
 
     def _read_head(self) -> bool:
         self.requestline = ""
-        raw = self._read_line(MAX_REQUEST_LINE)
+        raw = self._read_line(MAX_REQUEST_LINE, 414)
         if raw == "\r\n":  # RFC 9112 2.2: one empty line before a request is ignored
-            raw = self._read_line(MAX_REQUEST_LINE)
+            raw = self._read_line(MAX_REQUEST_LINE, 414)
         if not raw:
             return False
         self.requestline = raw[:-2]
@@ -306,13 +313,13 @@ class StrictWSGIHandler(WSGIHandler):
         self.headers = self.MessageClass(BytesIO("".join(lines).encode("latin-1") + b"\r\n"), 0)
         return True
 
-    def _read_line(self, limit: int) -> str:
+    def _read_line(self, limit: int, too_long: int = 431) -> str:
         """One line ending in CRLF ('' at the end of the stream)."""
         raw = self.rfile.readline(limit + 1)
         if not raw:
             return ""
         if len(raw) > limit:
-            raise Refused("line too long")
+            raise Refused("line too long", too_long)
         if not raw.endswith(b"\r\n") or b"\r" in raw[:-2]:
             raise Refused("a line not ended by CRLF")
         return raw.decode("latin-1")
@@ -327,7 +334,7 @@ class StrictWSGIHandler(WSGIHandler):
             if raw == "\r\n":
                 return fields, lines
             if len(fields) >= MAX_HEADER_FIELDS:
-                raise Refused("too many header fields")
+                raise Refused("too many header fields", 431)
             fields.append(parse_field_line(raw[:-2]))
             lines.append(raw)
 

@@ -10,8 +10,8 @@ and ``SERVE_MAX_CONNECTIONS``, and stops it afterwards.
   connection outlives the head deadline by more than a byte's interval.
 - ``smuggling``: :data:`CORPUS`, requests whose framing two parsers could
   read two ways, each on a fresh connection and after a good request on a
-  kept-alive one: each is answered once (400; 501 and 417 where gunicorn
-  answers so) and the connection closed, and the upstream sees nothing,
+  kept-alive one: each is answered once (400, or gunicorn's 414, 417, 431
+  or 501) and the connection closed, and the upstream sees nothing,
   though a request is smuggled in most of their bodies.
 
 :data:`CORPUS` is also what ``tests/test_http_strict.py`` sends.
@@ -109,6 +109,9 @@ CORPUS: dict[str, tuple[bytes, int]] = {
     "double_space": (b"GET  /products?productId=OUTER HTTP/1.1\r\n" + HOST + b"\r\n\r\n", 400),
     "target_not_ascii": ("GET /products?productId=\u00e9 HTTP/1.1\r\n".encode("latin-1"), 400),
     "expect_unknown": (outer(HOST, b"Expect: 200-ok"), 417),
+    "request_line_too_long": (b"GET /" + b"a" * 8200 + b" HTTP/1.1\r\n" + HOST + b"\r\n\r\n", 414),
+    "field_too_long": (outer(HOST, b"X-Note: " + b"a" * 8200), 431),
+    "too_many_fields": (outer(HOST, *[b"X-Note: a"] * 100), 431),
 }
 
 #: Normal clients' p99 during the attack may be this many times its value
