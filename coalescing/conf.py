@@ -1,7 +1,7 @@
 """The app's settings: one typed object, defaults in one place.
 
 A project configures the app with a ``COALESCING`` dict in its Django settings,
-whose keys are the environment variable names of CONTRACT.md
+whose keys are the environment variable names of the README's settings table
 (``FRESH_TTL_MS``...). :func:`from_environ` builds that dict from the process
 environment, so ``settings.py`` is one line and every bad value is reported
 with the name of the variable that holds it.
@@ -17,6 +17,8 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+
+__all__ = ["from_environ"]
 
 #: name -> (default, minimum). Integers are milliseconds or bytes.
 INT_SETTINGS: dict[str, tuple[int, int]] = {

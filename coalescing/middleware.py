@@ -36,6 +36,8 @@ from .errors import BadRequest
 from .params import query_lists
 from .responses import error_response
 
+__all__ = ["RequestErrorsMiddleware"]
+
 host_log = logging.getLogger("django.security.DisallowedHost")
 
 #: What Django raises while reading a request that exceeds its limits.
