@@ -20,7 +20,7 @@ from django.dispatch import receiver
 
 __all__ = ["from_environ"]
 
-#: name -> (default, minimum). Integers are milliseconds or bytes.
+#: name -> (default, minimum). Integers are milliseconds (_MS), bytes (_BYTES) or counts.
 INT_SETTINGS: dict[str, tuple[int, int]] = {
     "FRESH_TTL_MS": (10_000, 0),
     "STALE_TTL_MS": (60_000, 0),
