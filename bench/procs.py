@@ -103,8 +103,10 @@ class Procs:
         self.procs: list[Proc] = []
         self._old_handlers: dict[int, object] = {}
 
-    def start(self, name: str, args: Sequence[str], env: Mapping[str, str]) -> Proc:
-        proc = Proc(name, args, env, self.log_dir)
+    def start(
+        self, name: str, args: Sequence[str], env: Mapping[str, str], cwd: Path = ROOT
+    ) -> Proc:
+        proc = Proc(name, args, env, self.log_dir, cwd)
         self.procs.append(proc)
         return proc
 

@@ -257,12 +257,13 @@ class Servers:
         multi: bool,
         health: str,
         wsgi_module: str,
+        root: Path = ROOT,
     ) -> Deployment:
         env = clean_env(env)
         if not multi:
             port = free_port()
             proc = self._start(
-                f"{name}-serve", [PYTHON, "manage.py", "serve", "--port", str(port)], env
+                f"{name}-serve", [PYTHON, "manage.py", "serve", "--port", str(port)], env, root
             )
             base = f"http://127.0.0.1:{port}"
             proc.wait_http(base + health)
@@ -303,8 +304,8 @@ class Servers:
         proc.wait_http(base + health)
         return Deployment(name, [base], [proc])
 
-    def _start(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
-        proc = self.procs.start(name, args, env)
+    def _start(self, name: str, args: list[str], env: dict[str, str], cwd: Path = ROOT) -> Proc:
+        proc = self.procs.start(name, args, env, cwd)
         self.started.append(proc)
         return proc
 
@@ -318,7 +319,10 @@ class Servers:
         settings_module: str | None = None,
         env_extra: dict[str, str] | None = None,
         asgi: bool = False,
+        root: Path = ROOT,
     ) -> Deployment:
+        """Our server; ``root``: the checkout it runs from (one ``serve``, for
+        a before/after of two commits, :mod:`bench.experiments.ab`)."""
         extra = {"DJANGO_SETTINGS_MODULE": settings_module or "coalesce_project.settings"}
         extra.update(env_extra or {})
         if memory_bytes is not None:
@@ -333,7 +337,9 @@ class Servers:
         migrate(clean_env(env))
         if asgi:
             return self._uvicorn("ours_asgi", env, "coalesce_project.asgi:application", "/metrics")
-        return self._python_server("ours", env, multi, "/metrics", "coalesce_project.wsgi")
+        return self._python_server(
+            "ours", env, multi, "/metrics", "coalesce_project.wsgi", root=root
+        )
 
     def peer(self, peer: str, fresh_ms: int, stale_ms: int, multi: bool = False) -> Deployment:
         extra = {

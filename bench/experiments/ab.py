@@ -6,6 +6,11 @@ prints the medians (kept in ``bench/results/ab-<workload>-<patches>.json``);
 ``w6 <patch>`` does the same with cold misses, ``w5 backoff`` with the outage.
 Each run is short: this is the evidence behind a proposal in
 docs/benchmarks.md, not a benchmark of its own.
+
+``python -m bench.experiments.ab w3 --before-rev REV`` compares commits
+instead: "before" is ``serve`` run from a worktree of ``REV`` (its own
+``coalescing``, on the same venv), "after" the checkout as it is; the
+evidence that a restructuring cost nothing.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.procs import Procs
+from bench.procs import ROOT, Procs
 from bench.run import (
     HOUR_MS,
     RESULTS,
@@ -64,13 +70,29 @@ def memory(args: argparse.Namespace, tools: dict[str, Any], tmp: Path) -> int:
     return 0
 
 
+def worktree(rev: str, tmp: Path) -> Path:
+    """A checkout of ``rev`` under ``tmp`` (removed with it)."""
+    path = tmp / f"rev-{rev}"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workload", choices=("w1", "w3", "w4", "w5", "w6"))
-    parser.add_argument("patches", help="comma-separated names of bench.experiments.patches")
+    parser.add_argument(
+        "patches", nargs="?", default="", help="comma-separated names of bench.experiments.patches"
+    )
+    parser.add_argument("--before-rev", help="before: ours at this commit, not patched")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
+    if not args.patches and not args.before_rev:
+        parser.error("name patches, or --before-rev")
     tools = find_tools()
     tmp = Path(tempfile.mkdtemp(prefix="coalescing-ab-"))
     fresh = 1000 if args.workload == "w5" else HOUR_MS
@@ -81,15 +103,22 @@ def main() -> int:
     with Procs(tmp) as procs:
         up = Upstream(procs, 200.0, 1024)
         servers = Servers(procs, up, tmp, tools)
-        deps = {
-            "before": servers.ours(fresh, stale),
-            "after": servers.ours(
-                fresh,
-                stale,
-                settings_module="bench.experiments.settings",
-                env_extra={"BENCH_PATCHES": args.patches},
-            ),
-        }
+        if args.before_rev:
+            before = worktree(args.before_rev, tmp)
+            deps = {
+                "before": servers.ours(fresh, stale, root=before),
+                "after": servers.ours(fresh, stale),
+            }
+        else:
+            deps = {
+                "before": servers.ours(fresh, stale),
+                "after": servers.ours(
+                    fresh,
+                    stale,
+                    settings_module="bench.experiments.settings",
+                    env_extra={"BENCH_PATCHES": args.patches},
+                ),
+            }
         if args.workload == "w3":
             deps["bare"] = servers.peer("bare", fresh, stale)
         plan = Plan.from_env()
@@ -134,16 +163,19 @@ def main() -> int:
     record = {
         "workload": args.workload,
         "patches": args.patches,
+        "before_rev": args.before_rev,
         "reps": args.reps,
         "commit": machine(tools)["commit"],
         "medians": summary,
         "runs": results,
     }
-    out = RESULTS / f"ab-{args.workload}-{args.patches.replace(',', '+')}.json"
+    label = args.patches.replace(",", "+") or f"rev-{args.before_rev}"
+    out = RESULTS / f"ab-{args.workload}-{label}.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record["medians"]))
     print(f"written: {out}")
     shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
     return 0
 
 
