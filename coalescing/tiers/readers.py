@@ -29,12 +29,15 @@ from __future__ import annotations
 import _queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ..threads import after_fork_in_child
 
 T = TypeVar("T")
+#: How long :meth:`Readers.close` waits for its threads to end.
+CLOSE_WAIT_S = 2.0
 
 
 class ReadTimeout(Exception):
@@ -125,6 +128,7 @@ class Readers:
         self._lock = os_lock()  # guards _jobs and _threads
         self._jobs: _queue.SimpleQueue[Job[Any] | None] = _queue.SimpleQueue()
         self._threads = 0
+        self._running = 0  # threads started and not ended (their on_exit included)
         self._closed = False
         self._busy = 0  # calls handed over and not ended
         after_fork_in_child(self._forked)
@@ -154,18 +158,28 @@ class Readers:
         """Calls handed over that no thread has ended yet (running or waiting)."""
         return self._busy
 
-    def close(self) -> None:
-        """Stop the threads once the calls queued before are done."""
+    def close(self, wait: float = CLOSE_WAIT_S) -> bool:
+        """Stop the threads once the calls queued before are done; whether they
+        all ended within ``wait`` seconds.
+
+        Waited for, so that none is still closing its connection while the
+        interpreter shuts down (psycopg crashed the process then).
+        """
         with self._lock:
             self._closed = True
             threads, self._threads = self._threads, 0
             for _ in range(threads):
                 self._jobs.put(None)
+        deadline = time.monotonic() + wait
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.005)  # cooperative under gevent
+        return not self._running
 
     def _forked(self) -> None:
         """In a forked child: the threads did not come along, nor their calls."""
         self._lock = os_lock()
         self._jobs, self._threads, self._busy = _queue.SimpleQueue(), 0, 0
+        self._running = 0
 
     def _started(self) -> _queue.SimpleQueue[Job[Any] | None]:
         if self._threads:
@@ -173,6 +187,7 @@ class Readers:
         with self._lock:
             while self._threads < self.size:
                 jobs = self._jobs
+                self._running += 1
                 _start_os_thread(lambda jobs=jobs: self._loop(jobs), self.name)
                 self._threads += 1
             return self._jobs
@@ -197,6 +212,8 @@ class Readers:
                 self.on_exit()
             except Exception:
                 pass  # at exit: nothing left to tell
+            with self._lock:
+                self._running -= 1
 
 
 def os_lock() -> Any:
