@@ -39,6 +39,13 @@ import gevent
 import gevent.pool
 from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
 
+try:
+    # The header object pywsgi's own parser builds: made here from the lines
+    # already read, rather than parsing them a second time with ``email``.
+    from gevent.pywsgi import OldMessage as _HeaderObject
+except ImportError:  # another gevent: its parser, on the lines known to be well-formed
+    _HeaderObject = None
+
 log = logging.getLogger("coalescing")
 
 #: The address this process serves on, once ``serve`` has bound it.
@@ -309,9 +316,18 @@ class StrictWSGIHandler(WSGIHandler):
         self.command, self.path = line.method, line.target
         self.request_version = f"HTTP/{line.version[0]}.{line.version[1]}"
         self.close_connection = _closes(fields, line.version)
-        # pywsgi's own header object, from lines known to be well-formed.
-        self.headers = self.MessageClass(BytesIO("".join(lines).encode("latin-1") + b"\r\n"), 0)
+        self.headers = self._header_object(lines)
         return True
+
+    def _header_object(self, lines: list[str]) -> Any:
+        """pywsgi's header object of the field lines (well-formed: read above)."""
+        if _HeaderObject is None:
+            return self.MessageClass(BytesIO("".join(lines).encode("latin-1") + b"\r\n"), 0)
+        headers = _HeaderObject()
+        for raw in lines:
+            name, _, value = raw[:-2].partition(":")
+            headers[name] = value.strip(" \t")
+        return headers
 
     def _read_line(self, limit: int, too_long: int = 431) -> str:
         """One line ending in CRLF ('' at the end of the stream)."""
