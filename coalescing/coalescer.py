@@ -52,14 +52,11 @@ NOT_FOUND_BODY = b'{"detail":"Not found"}'
 #: Refresh-ahead (XFetch, Vattani et al., VLDB 2015): a hit refreshes a fresh
 #: entry early with probability exp(-(time left) / (BETA x the last call's
 #: duration)). Coalescing makes the first such hit the only one, so at a high
-#: request rate the refresh starts as soon as it may: when the time left is
-#: the last EARLIEST of the window, or the call's own duration plus MARGIN if
-#: that is longer (else the new value lands after the old one went stale),
-#: never more than half the window. Starting one call's duration early keeps
-#: calls per window at about one however high the rate.
+#: request rate the refresh comes about BETA x duration x ln(rate x duration)
+#: early; never earlier than the last EARLIEST of the window, so that calls
+#: per window stay about one however high the rate.
 XFETCH_BETA = 0.5
 XFETCH_EARLIEST = 0.2
-XFETCH_MARGIN_S = 0.01
 #: The duration assumed until this process has made a call of the endpoint
 #: (its refreshes may all come from another process, through Redis).
 XFETCH_DEFAULT_S = 0.1
@@ -211,9 +208,9 @@ class Coalescer:
             return False
         fresh_s = lk.policy.fresh_ms / 1000.0
         left = entry.fetched_at + fresh_s - now
-        delta = self.call_seconds.get(lk.endpoint, XFETCH_DEFAULT_S)
-        if left > min(fresh_s / 2, max(fresh_s * XFETCH_EARLIEST, delta + XFETCH_MARGIN_S)):
+        if left > fresh_s * XFETCH_EARLIEST:
             return False
+        delta = self.call_seconds.get(lk.endpoint, XFETCH_DEFAULT_S)
         return -delta * XFETCH_BETA * math.log(1.0 - random.random()) >= left
 
     def refresh_now(self, lk: Lookup) -> Answer:
