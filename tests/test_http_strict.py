@@ -20,6 +20,7 @@ import requests
 
 from coalescing.server import with_content_length
 from faults.scenarios_http import CORPUS, HOST, SMUGGLED, outer
+from faults.scenarios_http import exchange as send_and_read
 from testkit.ports import free_port
 from testkit.servers import Server, manage, serve
 
@@ -49,19 +50,9 @@ def connect(srv: Server, timeout: float = 5.0) -> socket.socket:
     return sock
 
 
-def exchange(srv: Server, data: bytes, timeout: float = 5.0) -> tuple[bytes, bool]:
+def exchange(srv: Server, data: bytes) -> tuple[bytes, bool]:
     """Send ``data``, read until the server closes: (all it sent, whether it closed)."""
-    with connect(srv, timeout) as sock:
-        sock.sendall(data)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except TimeoutError:
-            return received, False
-        except ConnectionResetError:
-            pass  # closed with our unread bytes still in its buffer: closed all the same
-        return received, True
+    return send_and_read(srv.url, data)
 
 
 @pytest.mark.parametrize("name", list(CORPUS))
