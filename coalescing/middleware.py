@@ -14,7 +14,10 @@ Here both are checked before anything else reads the request, the same way
 with ``DEBUG`` on or off, under WSGI and ASGI, and a rejected Host is one
 warning line on ``django.security.DisallowedHost``. A view that parses a
 body itself (``request.POST``) and hits Django's limits gets the same answer
-through :meth:`RequestErrorsMiddleware.process_exception`.
+through :meth:`RequestErrorsMiddleware.process_exception`; a form POST that
+Django's CSRF check would read first is read here, in ``process_view``, since
+an exception raised in another middleware's ``process_view`` skips every
+``process_exception``.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class RequestErrorsMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+        self.reads_for_csrf = "django.middleware.csrf.CsrfViewMiddleware" in settings.MIDDLEWARE
         # Async under ASGI: no thread hop for a check that never blocks.
         if iscoroutinefunction(get_response):
             markcoroutinefunction(self)
@@ -77,6 +81,25 @@ class RequestErrorsMiddleware:
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
         return refusal(request) or await self.get_response(request)  # type: ignore[misc]
+
+    def process_view(
+        self,
+        request: HttpRequest,
+        view_func: Callable[..., HttpResponse],
+        view_args: tuple[object, ...],
+        view_kwargs: dict[str, object],
+    ) -> HttpResponse | None:
+        """Read a POST body where the CSRF check is about to (same conditions),
+        so that Django's limits on it give the JSON 400."""
+        if not self.reads_for_csrf or request.method != "POST":
+            return None
+        if getattr(view_func, "csrf_exempt", False):
+            return None
+        try:
+            request.POST  # noqa: B018 (parsed now, kept on the request for the CSRF check)
+        except PARSING_ERRORS as exc:
+            return error_response(400, _detail(exc))
+        return None
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, PARSING_ERRORS):

@@ -117,6 +117,10 @@ class Server:
         kwargs.setdefault("timeout", 30)
         return requests.get(self.url + path, **kwargs)  # type: ignore[arg-type]
 
+    def post(self, path: str, **kwargs: object) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return requests.post(self.url + path, **kwargs)  # type: ignore[arg-type]
+
 
 def serve(env: Mapping[str, str], port: int | None = None, *extra: str) -> Server:
     port = port or free_port()
