@@ -13,13 +13,11 @@ tier is a miss, logged once per outage and counted, never a caller's error.
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import metrics
+from . import metrics, refresh_ahead
 from .entry import Entry, Policy, State
 from .errors import (
     UpstreamBadBody,
@@ -49,19 +47,6 @@ from .upstream import UpstreamClient, UpstreamResponse, Validators
 log = logging.getLogger("coalescing")
 
 NOT_FOUND_BODY = b'{"detail":"Not found"}'
-#: Refresh-ahead (XFetch, Vattani et al., VLDB 2015): a hit refreshes a fresh
-#: entry early with probability exp(-(time left) / (BETA x the last call's
-#: duration)). Coalescing makes the first such hit the only one, so at a high
-#: request rate the refresh comes about BETA x duration x ln(rate x duration)
-#: early; never earlier than the last EARLIEST of the window, so that calls
-#: per window stay about one however high the rate.
-XFETCH_BETA = 0.5
-XFETCH_EARLIEST = 0.2
-#: The duration assumed until this process has made a call of the endpoint
-#: (its refreshes may all come from another process, through Redis).
-XFETCH_DEFAULT_S = 0.1
-
-
 #: How much longer than the upstream budget a waiter waits before giving up.
 WAIT_MARGIN_S = 1.0
 
@@ -122,8 +107,8 @@ class Coalescer:
         # Waiting for a slot comes out of the waiters' margin, not the upstream's budget.
         self.limit = ConcurrencyLimit(max_concurrency, wait_s=WAIT_MARGIN_S * 0.8)
         self.backoff = FailureBackoff(clock=lambda: self.clock())
-        #: How long the last upstream call of each endpoint took (refresh-ahead).
-        self.call_seconds: dict[str, float] = {}
+        #: How long a flight that fetched takes to land here (refresh-ahead's timing).
+        self.landing = refresh_ahead.LandingTimes()
         #: The cross-process flight (Redis), when there is one.
         self.distributed = distributed
         #: Run in each flight's thread as it ends (the runtime closes Django's
@@ -203,15 +188,12 @@ class Coalescer:
         return started
 
     def _due_early(self, lk: Lookup, entry: Entry, now: float) -> bool:
-        """XFetch's draw: whether this hit refreshes the entry before it goes stale."""
+        """Whether this hit refreshes the entry before it goes stale (see refresh_ahead)."""
         if entry.negative:
             return False
         fresh_s = lk.policy.fresh_ms / 1000.0
-        left = entry.fetched_at + fresh_s - now
-        if left > fresh_s * XFETCH_EARLIEST:
-            return False
-        delta = self.call_seconds.get(lk.endpoint, XFETCH_DEFAULT_S)
-        return -delta * XFETCH_BETA * math.log(1.0 - random.random()) >= left
+        mean, lead = self.landing.estimate(lk.endpoint)
+        return refresh_ahead.due(entry.fetched_at + fresh_s - now, fresh_s, mean, lead)
 
     def refresh_now(self, lk: Lookup) -> Answer:
         """Fetch from the upstream now (joining a call in flight), and wait for it."""
@@ -356,8 +338,12 @@ class Coalescer:
     # -- inside the flight ---------------------------------------------------
 
     def _load(self, lk: Lookup, accept: Accept) -> Outcome:
+        started = time.monotonic()
         try:
-            return self._load_inner(lk, accept)
+            outcome = self._load_inner(lk, accept)
+            if outcome.error is None and outcome.source in (Source.UPSTREAM, Source.PEER):
+                self.landing.observe(lk.endpoint, time.monotonic() - started)
+            return outcome
         except Exception:
             # A bug must not become a 500 for every waiter: log it whole, and
             # answer as for a failed upstream call (stale if the caller has it).
@@ -483,7 +469,6 @@ class Coalescer:
 
     def _record_call(self, lk: Lookup, started: float, status: str) -> None:
         elapsed = time.monotonic() - started
-        self.call_seconds[lk.endpoint] = elapsed  # XFetch's delta: the last call's duration
         metrics.UPSTREAM_CALLS.labels(lk.endpoint, status).inc()
         metrics.UPSTREAM_LATENCY.labels(lk.endpoint).observe(elapsed)
         log.info(
