@@ -13,7 +13,7 @@ time, measured in this process from the start of the flight to the value
 being in its memory tier (tier reads, the lease, the upstream call, the
 write; under load each wait also queues behind the other requests of the
 process), smoothed with its deviation as TCP smooths round-trip times
-(RFC 6298). A refresh may start from ``mean + 2 x deviation`` before the
+(RFC 6298). A refresh may start from ``mean + deviation`` before the
 entry goes stale and is certain once only ``mean`` is left; in between it
 is XFetch's draw. A refresh that needs more than half the window is not
 started early at all: refreshing it earlier would call the upstream more
@@ -38,9 +38,9 @@ MARGIN_S = 0.01
 #: refreshes may all come from another process, through Redis).
 DEFAULT_S = 0.1
 #: RFC 6298's gains for the mean and the deviation, and the deviation's weight:
-#: 2, not TCP's 4, since landing late costs a few STALE answers and landing
-#: early a call (4 made 1.10 calls per window in `make bench` W2; 2, 1.04).
-_ALPHA, _GAIN, _K = 1 / 8, 1 / 4, 2
+#: 1, not TCP's 4. Landing late costs a few STALE answers, landing early a
+#: call more than one per window; docs/benchmarks.md has the trade measured.
+_ALPHA, _GAIN, _K = 1 / 8, 1 / 4, 1
 
 
 @dataclasses.dataclass(slots=True)
