@@ -13,11 +13,12 @@ time, measured in this process from the start of the flight to the value
 being in its memory tier (tier reads, the lease, the upstream call, the
 write; under load each wait also queues behind the other requests of the
 process), smoothed with its deviation as TCP smooths round-trip times
-(RFC 6298). A refresh may start from ``mean + deviation`` before the
-entry goes stale and is certain once only ``mean`` is left; in between it
-is XFetch's draw. A refresh that needs more than half the window is not
-started early at all: refreshing it earlier would call the upstream more
-than once per window, and stale-while-revalidate covers it.
+(RFC 6298). A refresh may start from ``mean + deviation`` (``MARGIN_S`` at
+least over the mean) before the entry goes stale and is certain once only
+``mean`` is left; in between it is XFetch's draw. A refresh that needs
+more than half the window is not started early at all: refreshing it
+earlier would call the upstream more than once per window, and
+stale-while-revalidate covers it.
 """
 
 from __future__ import annotations
