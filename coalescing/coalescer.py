@@ -192,8 +192,11 @@ class Coalescer:
         if entry.negative:
             return False
         fresh_s = lk.policy.fresh_ms / 1000.0
+        left = entry.fetched_at + fresh_s - now
+        if not refresh_ahead.near_end(left, fresh_s):  # most hits: no estimate looked up
+            return False
         mean, lead = self.landing.estimate(lk.endpoint)
-        return refresh_ahead.due(entry.fetched_at + fresh_s - now, fresh_s, mean, lead)
+        return refresh_ahead.due(left, fresh_s, mean, lead)
 
     def refresh_now(self, lk: Lookup) -> Answer:
         """Fetch from the upstream now (joining a call in flight), and wait for it."""

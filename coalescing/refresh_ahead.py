@@ -73,8 +73,16 @@ class LandingTimes:
     def estimate(self, endpoint: str) -> tuple[float, float]:
         """``(mean, lead)`` in seconds: the expected landing time, and how long
         before staleness a refresh may start."""
-        est = self._by_endpoint.get(endpoint) or _Estimate(DEFAULT_S, DEFAULT_S / 4)
+        est = self._by_endpoint.get(endpoint) or _ASSUMED
         return est.mean, est.lead
+
+
+_ASSUMED = _Estimate(DEFAULT_S, DEFAULT_S / 4)
+
+
+def near_end(left_s: float, fresh_s: float) -> bool:
+    """Whether the window is far enough gone for :func:`due` to be asked at all."""
+    return left_s <= fresh_s * LATEST
 
 
 def due(
@@ -85,7 +93,7 @@ def due(
     draw: Callable[[], float] = random.random,
 ) -> bool:
     """Whether a hit with ``left_s`` of its ``fresh_s`` window left refreshes now."""
-    if lead_s > fresh_s * LATEST or left_s > lead_s:
+    if not near_end(lead_s, fresh_s) or left_s > lead_s:
         return False
     if left_s <= mean_s:
         return True
